@@ -1,0 +1,1 @@
+"""hbm-service: hierarchical Bayesian models as a service."""

@@ -1,0 +1,1 @@
+"""The HTTP API: validates requests, enqueues fits, reads results. Never imports PyMC."""

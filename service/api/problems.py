@@ -1,0 +1,97 @@
+"""The single mapping from errors to ``application/problem+json`` answers (RFC 9457).
+
+Every answer carries ``type``, ``title``, ``status`` and ``detail``; 422 answers also carry
+``errors``: one ``{"field", "message"}`` per problem. Inputs are never echoed back and no
+traceback or library exception text ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.core.errors import FieldError, InvalidRequest, ServiceError, Unavailable
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A problem+json response."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _from_service_error(exc: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    errors = exc.errors if isinstance(exc, InvalidRequest) else None
+    return problem(exc.status, exc.title, exc.detail, errors=errors, headers=headers)
+
+
+def _field_of(location: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in location if p not in ("body", "query", "path")]
+    # Union branches add the branch type to the location; it means nothing to a client.
+    parts = [p for p in parts if not p.startswith(("list[", "dict["))]
+    return ".".join(parts) or "body"
+
+
+def _from_validation_error(exc: RequestValidationError) -> JSONResponse:
+    seen: set[tuple[str, str]] = set()
+    errors: list[FieldError] = []
+    for error in exc.errors():
+        item = (_field_of(tuple(error.get("loc", ()))), str(error.get("msg", "is invalid")))
+        if item not in seen:
+            seen.add(item)
+            errors.append(FieldError(*item))
+    shown = errors[:20]
+    return _from_service_error(InvalidRequest(shown))
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return _from_service_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _from_validation_error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed"}
+        return problem(exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return _from_service_error(Unavailable("the job store is not reachable; retry shortly"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return problem(500, "Internal error", "an unexpected error occurred; it has been logged")

@@ -1,0 +1,161 @@
+"""Every URL of the API on one screen. Handlers are thin: validate, then store or dispatch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from service.api.deps import Services, ServicesDep
+from service.core import tasks
+from service.core.errors import NotFound, NotReady
+from service.core.formula import check_formula
+from service.core.jobs import is_fit_id, new_fit_id
+from service.core.schemas import (
+    DEFAULT_PROB,
+    Diagnostics,
+    FitRequest,
+    FitResource,
+    FitStatus,
+    GroupEffects,
+    Health,
+    IntervalKind,
+    PredictionRequest,
+    Predictions,
+    Summary,
+)
+from service.core.validation import validate_fit_request, validate_prediction_data
+
+router = APIRouter(prefix="/v1")
+
+ProbQuery = Annotated[float, Query(gt=0, lt=1, description="Interval probability.")]
+KindQuery = Annotated[IntervalKind, Query(description="hdi (highest density) or eti.")]
+
+
+@router.get("/healthz", tags=["health"])
+def healthz() -> Health:
+    """Liveness: the API process answers."""
+    return Health()
+
+
+@router.post(
+    "/fits",
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["fits"],
+    responses={422: {"description": "The request was refused; nothing was queued."}},
+)
+def create_fit(request: FitRequest, response: Response, services: ServicesDep) -> FitResource:
+    """Validate a model and queue it for fitting. Poll the ``Location`` for its status."""
+    spec, _ = validate_fit_request(request, services.settings)
+    fit_id = new_fit_id()
+    services.artifacts.write_spec(fit_id, spec)
+    record = services.store.create(fit_id, spec)
+    services.dispatcher.enqueue_fit(fit_id)
+    response.headers["Location"] = f"/v1/fits/{fit_id}"
+    return _with_links(record)
+
+
+@router.get("/fits", tags=["fits"])
+def list_fits(
+    services: ServicesDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[FitResource]:
+    """Fits, newest first."""
+    ids = services.store.list_ids(offset, limit)
+    return [_with_links(r) for r in map(services.store.get, ids) if r is not None]
+
+
+@router.get("/fits/{fit_id}", tags=["fits"])
+def get_fit(fit_id: str, services: ServicesDep) -> FitResource:
+    """A fit's status, progress while running, timings, versions, and error if it failed."""
+    return _with_links(_fit(services, fit_id))
+
+
+@router.get("/fits/{fit_id}/summary", tags=["results"])
+def get_summary(
+    fit_id: str,
+    services: ServicesDep,
+    prob: ProbQuery = DEFAULT_PROB,
+    interval: KindQuery = "hdi",
+) -> Summary:
+    """Posterior mean, sd, interval and MCSE of every parameter."""
+    body = _results(services, fit_id, "summary", interval, prob)
+    return Summary.model_validate(body)
+
+
+@router.get("/fits/{fit_id}/groups/{factor}", tags=["results"])
+def get_groups(
+    fit_id: str,
+    factor: str,
+    services: ServicesDep,
+    prob: ProbQuery = DEFAULT_PROB,
+    interval: KindQuery = "hdi",
+) -> GroupEffects:
+    """Each level of a grouping factor: its partially pooled effect (ranef) and total (coef)."""
+    groups = _results(services, fit_id, "groups", interval, prob)
+    if factor not in groups:
+        raise NotFound(f"the model has no grouping factor '{factor[:60]}'; it has {sorted(groups)}")
+    return GroupEffects.model_validate(groups[factor])
+
+
+@router.get("/fits/{fit_id}/diagnostics", tags=["results"])
+def get_diagnostics(fit_id: str, services: ServicesDep) -> Diagnostics:
+    """R-hat, ESS, divergences and a plain-language verdict."""
+    _succeeded(services, fit_id)
+    return Diagnostics.model_validate(services.artifacts.read_json(fit_id, "diagnostics.json"))
+
+
+@router.post("/fits/{fit_id}/predictions", tags=["results"])
+def predict(fit_id: str, request: PredictionRequest, services: ServicesDep) -> Predictions:
+    """Predict new rows, for groups seen in training or new ones."""
+    _succeeded(services, fit_id)
+    spec = services.artifacts.read_spec(fit_id)
+    info = check_formula(spec.formula, spec.columns, max_length=len(spec.formula))
+    columns = validate_prediction_data(request.data, info, services.settings)
+    payload = {
+        "fit_id": fit_id,
+        "columns": columns,
+        **request.model_dump(exclude={"data"}),
+    }
+    return Predictions.model_validate(services.dispatcher.call(tasks.PREDICT, payload))
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _fit(services: Services, fit_id: str) -> FitResource:
+    record = services.store.get(fit_id) if is_fit_id(fit_id) else None
+    if record is None:
+        raise NotFound(f"there is no fit '{fit_id[:64]}'")
+    return record
+
+
+def _succeeded(services: Services, fit_id: str) -> FitResource:
+    record = _fit(services, fit_id)
+    if record.status is not FitStatus.SUCCEEDED:
+        raise NotReady(f"the fit is {record.status.value}; results exist once it has succeeded")
+    return record
+
+
+def _results(
+    services: Services, fit_id: str, what: str, interval: IntervalKind, prob: float
+) -> Any:
+    """Stored results at the default interval; other intervals are computed by a worker."""
+    _succeeded(services, fit_id)
+    if interval == "hdi" and prob == DEFAULT_PROB:
+        return services.artifacts.read_json(fit_id, f"{what}.json")
+    payload = {"fit_id": fit_id, "what": what, "interval": interval, "prob": prob}
+    return services.dispatcher.call(tasks.RESULTS, payload)
+
+
+def _with_links(record: FitResource) -> FitResource:
+    base = f"/v1/fits/{record.id}"
+    record.links = {"self": base}
+    if record.status is FitStatus.SUCCEEDED:
+        record.links |= {
+            "summary": f"{base}/summary",
+            "diagnostics": f"{base}/diagnostics",
+            "predictions": f"{base}/predictions",
+        }
+    return record

@@ -1,0 +1,299 @@
+"""Formula checking: a client's formula is untrusted text and must never execute code.
+
+formulae (Bambi's formula engine) resolves a call by following a dotted name attribute by
+attribute in an environment and calling the result, and its parser stops silently at the
+first token it does not expect. So before Bambi sees a formula, the service:
+
+1. caps its length, bracket nesting and backquotes (an unterminated backquote makes
+   formulae's scanner loop forever);
+2. scans and parses it with formulae's own scanner and parser, which evaluate nothing;
+3. requires that the parser consumed every token;
+4. walks the tree: calls must be undotted names on an allow-list with arithmetic arguments,
+   every name must be an exact column of the data, powers are small integers, and the tree
+   has a bounded number of nodes.
+
+The API checks every formula before anything is queued; the worker checks it again before
+Bambi sees it. Error messages are the service's own and name the offending piece.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+
+from formulae.expr import Assign, Binary, Call, Grouping, Literal, QuotedName, Unary, Variable
+from formulae.parser import Parser
+from formulae.scanner import Scanner
+
+from service.core.errors import InvalidRequest
+
+#: Calls a predictor may use. Each is a pure numeric transform or a formulae marker.
+PREDICTOR_CALLS = frozenset(
+    {"log", "log2", "log10", "exp", "sqrt", "abs", "scale", "center", "standardize", "C", "I"}
+)
+#: Calls a response may use.
+RESPONSE_CALLS = frozenset({"log", "log2", "log10", "exp", "sqrt", "abs", "I"})
+
+MAX_NESTING = 12
+MAX_NODES = 300
+MAX_POWER = 3
+MAX_LITERAL = 1e6
+
+_Refuse = Callable[[str], InvalidRequest]
+
+_ARITHMETIC = {"PLUS", "MINUS", "STAR", "SLASH", "STAR_STAR"}
+_MODEL_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "COLON", "STAR_STAR", "PIPE"}
+
+
+@dataclass
+class FormulaInfo:
+    """What a checked formula refers to."""
+
+    response: str
+    predictors: set[str] = field(default_factory=set)
+    group_factors: list[list[str]] = field(default_factory=list)
+
+    @property
+    def variables(self) -> set[str]:
+        """Every data column the formula uses, response included."""
+        return {self.response, *self.predictors}
+
+    @property
+    def factor_columns(self) -> set[str]:
+        """Columns that act as grouping factors."""
+        return {column for factor in self.group_factors for column in factor}
+
+
+def check_formula(
+    formula: str, columns: Collection[str], *, max_length: int = 500, field_name: str = "formula"
+) -> FormulaInfo:
+    """Check ``formula`` against the data's ``columns``; raise InvalidRequest if refused."""
+
+    def refuse(message: str) -> InvalidRequest:
+        return InvalidRequest.one(field_name, message)
+
+    if not formula.strip():
+        raise refuse("the formula is empty")
+    if len(formula) > max_length:
+        raise refuse(f"the formula is {len(formula)} characters long; the limit is {max_length}")
+    _check_brackets(formula, refuse)
+    try:
+        tokens = Scanner(formula).scan(add_intercept=False)
+    except Exception as exc:  # the scanner's own messages are plain; keep only ours
+        raise refuse("the formula contains a character that is not allowed") from exc
+    parser = Parser(tokens)
+    try:
+        tree = parser.parse()
+    except Exception as exc:
+        raise refuse("the formula could not be parsed") from exc
+    if not parser.at_end():
+        rest = " ".join(token.lexeme for token in tokens[parser.current : -1])
+        raise refuse(f"unexpected text after a complete formula: '{_clip(rest)}'")
+    if not (isinstance(tree, Binary) and tree.operator.kind == "TILDE"):
+        raise refuse("a formula needs a response and '~', as in 'y ~ x + (1 | g)'")
+    walker = _Walker(set(columns), refuse)
+    response = walker.response(tree.left)
+    walker.model_terms(tree.right, depth=0)
+    return FormulaInfo(
+        response=response,
+        predictors=walker.names,
+        group_factors=walker.group_factors,
+    )
+
+
+def _check_brackets(formula: str, refuse: _Refuse) -> None:
+    if formula.count("`") % 2:
+        raise refuse("a backquoted name is not closed")
+    depth = 0
+    quoted = False
+    for char in formula:
+        if char == "`":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise refuse(f"brackets are nested more than {MAX_NESTING} deep")
+        elif char in ")]}":
+            depth -= 1
+            if depth < 0:
+                raise refuse("a closing bracket has no opening bracket")
+    if depth:
+        raise refuse("a bracket is not closed")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Walker:
+    """Walks formulae's syntax tree and refuses anything outside the service's language."""
+
+    def __init__(self, columns: set[str], refuse: _Refuse) -> None:
+        self.columns = columns
+        self.refuse = refuse
+        self.names: set[str] = set()
+        self.group_factors: list[list[str]] = []
+        self.nodes = 0
+
+    def _count(self) -> None:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.refuse(f"the formula has more than {MAX_NODES} parts")
+
+    def column(self, node: Variable | QuotedName) -> str:
+        """The data column a name refers to; it must exist exactly."""
+        if isinstance(node, QuotedName):
+            name = node.expression.lexeme[1:-1]
+        else:
+            name = node.name.lexeme
+            if "." in name:
+                raise self.refuse(
+                    f"'{_clip(name)}' is not allowed: dotted names are refused "
+                    "(write a column whose name has dots in backquotes)"
+                )
+            if name.startswith("__"):
+                raise self.refuse(f"'{_clip(name)}' is not allowed")
+            if node.level is not None and not isinstance(node.level.value, str):
+                raise self.refuse(f"'{_clip(name)}[...]' must select a level by its name")
+        if name not in self.columns:
+            raise self.refuse(f"'{_clip(name)}' is not a column of the data")
+        return name
+
+    def response(self, node: object) -> str:
+        """The response side: a column, or an allow-listed transform of one column."""
+        self._count()
+        if isinstance(node, Variable | QuotedName):
+            return self.column(node)
+        if isinstance(node, Call):
+            name = self.call_name(node, RESPONSE_CALLS)
+            outer, self.names = self.names, set()
+            for arg in node.args:
+                self.arithmetic(arg, 1)
+            used, self.names = self.names, outer
+            if len(used) != 1:
+                raise self.refuse(f"the response '{name}(...)' must use exactly one column")
+            return used.pop()
+        raise self.refuse("the response must be a column name, like 'score ~ ...'")
+
+    def call_name(self, node: Call, allowed: frozenset[str]) -> str:
+        """The callee of an allow-listed call; anything else is refused."""
+        callee = node.callee
+        if not isinstance(callee, Variable) or callee.level is not None:
+            raise self.refuse("only a plain function name may be called")
+        name = callee.name.lexeme
+        if name not in allowed:
+            raise self.refuse(
+                f"'{_clip(name)}' is not an allowed function; allowed: {', '.join(sorted(allowed))}"
+            )
+        return name
+
+    def model_terms(self, node: object, depth: int) -> None:
+        """The right-hand side: terms joined by model operators, and group terms."""
+        self._count()
+        if isinstance(node, Literal):
+            if node.value not in (0, 1) or isinstance(node.value, bool):
+                raise self.refuse(f"the number {node.value!r} cannot stand as a term")
+        elif isinstance(node, Variable | QuotedName):
+            self.names.add(self.column(node))
+        elif isinstance(node, Grouping):
+            inner = node.expression
+            if isinstance(inner, Binary) and inner.operator.kind == "PIPE":
+                self.group_term(inner)
+            else:
+                self.model_terms(inner, depth + 1)
+        elif isinstance(node, Unary):
+            if node.operator.kind != "MINUS" or not _is_literal(node.right, (0, 1)):
+                raise self.refuse("only '-1' and '-0' may be negated outside a function")
+        elif isinstance(node, Binary):
+            kind = node.operator.kind
+            if kind == "PIPE":
+                raise self.refuse("a group term must be in parentheses, as in '(1 | g)'")
+            if kind not in _MODEL_OPERATORS:
+                raise self.refuse(f"the operator '{node.operator.lexeme}' is not allowed")
+            self.model_terms(node.left, depth + 1)
+            if kind == "STAR_STAR":
+                self.small_power(node.right)
+            else:
+                self.model_terms(node.right, depth + 1)
+        elif isinstance(node, Call):
+            self.call(node)
+        else:
+            raise self.refuse("the formula contains an expression that is not allowed")
+
+    def group_term(self, node: Binary) -> None:
+        """``(expr | factor)``: the factor is one or more columns joined by ':' or '/'."""
+        self.model_terms(node.left, 1)
+        factor = self._factor_columns(node.right)
+        self.group_factors.append(factor)
+        self.names.update(factor)
+
+    def _factor_columns(self, node: object) -> list[str]:
+        self._count()
+        if isinstance(node, Variable | QuotedName):
+            return [self.column(node)]
+        if isinstance(node, Grouping):
+            return self._factor_columns(node.expression)
+        if isinstance(node, Binary) and node.operator.kind in ("COLON", "SLASH"):
+            return self._factor_columns(node.left) + self._factor_columns(node.right)
+        raise self.refuse("a grouping factor must be a column, or columns joined by ':' or '/'")
+
+    def call(self, node: Call) -> None:
+        """An allow-listed call with arithmetic arguments."""
+        name = self.call_name(node, PREDICTOR_CALLS)
+        if not node.args:
+            raise self.refuse(f"'{name}()' needs an argument")
+        if name != "C" and len(node.args) > 1:
+            raise self.refuse(f"'{name}(...)' takes one argument")
+        for arg in node.args:
+            self.arithmetic(arg, 1)
+
+    def arithmetic(self, node: object, depth: int) -> None:
+        """Arguments of calls: columns, numbers and + - * / ** between them."""
+        self._count()
+        if isinstance(node, Variable | QuotedName):
+            self.names.add(self.column(node))
+        elif isinstance(node, Literal):
+            value = node.value
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise self.refuse("only numbers may appear as constants inside a function")
+            if abs(value) > MAX_LITERAL:
+                raise self.refuse(f"the number {value!r} is too large")
+        elif isinstance(node, Grouping):
+            self.arithmetic(node.expression, depth + 1)
+        elif isinstance(node, Unary):
+            if node.operator.kind not in ("PLUS", "MINUS"):
+                raise self.refuse(f"the operator '{node.operator.lexeme}' is not allowed")
+            self.arithmetic(node.right, depth + 1)
+        elif isinstance(node, Binary):
+            if node.operator.kind not in _ARITHMETIC:
+                raise self.refuse(
+                    f"the operator '{node.operator.lexeme}' is not allowed inside a function"
+                )
+            self.arithmetic(node.left, depth + 1)
+            if node.operator.kind == "STAR_STAR":
+                self.small_power(node.right)
+            else:
+                self.arithmetic(node.right, depth + 1)
+        elif isinstance(node, Call):
+            self.call(node)
+        elif isinstance(node, Assign):
+            raise self.refuse("keyword arguments are not allowed")
+        else:
+            raise self.refuse("the formula contains an expression that is not allowed")
+
+    def small_power(self, node: object) -> None:
+        """The right side of ``**``: a whole number from 1 to MAX_POWER."""
+        self._count()
+        if not _is_literal(node, range(1, MAX_POWER + 1)):
+            raise self.refuse(f"a power must be a whole number from 1 to {MAX_POWER}")
+
+
+def _is_literal(node: object, allowed: Collection[int]) -> bool:
+    return (
+        isinstance(node, Literal)
+        and isinstance(node.value, int)
+        and not isinstance(node.value, bool)
+        and node.value in allowed
+    )

@@ -1,0 +1,283 @@
+"""Request and response bodies of the HTTP API, one family per resource.
+
+Static bounds live here; limits that depend on settings (rows, draws, formula length) are
+checked in ``service.core.validation`` so that one error names the field and the limit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Scalar = str | int | float | bool | None
+Records = list[dict[str, Scalar]]
+Columns = dict[str, list[Scalar]]
+
+IntervalKind = Literal["hdi", "eti"]
+DEFAULT_PROB = 0.94
+
+
+class Strict(BaseModel):
+    """Base for request bodies: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------- fits
+
+
+class SamplerSettings(Strict):
+    """How to run MCMC. Omitted values take the service's defaults (4 chains x 1000 draws)."""
+
+    draws: int | None = Field(default=None, ge=1, description="Kept draws per chain.")
+    tune: int | None = Field(default=None, ge=0, description="Warm-up draws per chain.")
+    chains: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(
+        default=None, ge=0, lt=2**32, description="Fix it for a reproducible fit."
+    )
+    target_accept: float = Field(default=0.8, gt=0.5, lt=1.0)
+    method: Literal["nutpie"] = "nutpie"
+
+
+class ResolvedSampler(BaseModel):
+    """The sampler settings a fit actually used (defaults filled in, seed drawn if absent)."""
+
+    draws: int
+    tune: int
+    chains: int
+    seed: int
+    target_accept: float
+    method: str
+
+
+class FitRequest(Strict):
+    """A model to fit: data, a Bambi formula and a family."""
+
+    data: Records | Columns = Field(
+        description="Rows as a list of objects, or columns as an object of equal-length arrays."
+    )
+    formula: str = Field(examples=["score ~ (1 | school)"])
+    family: str = Field(default="gaussian", description="Response distribution.")
+    sampler: SamplerSettings = Field(default_factory=SamplerSettings)
+    name: str | None = Field(default=None, max_length=200)
+
+
+class FitSpec(BaseModel):
+    """The validated, normalised request as the worker receives it (stored as an artifact)."""
+
+    formula: str
+    family: str
+    columns: dict[str, list[Scalar]]
+    sampler: ResolvedSampler
+    name: str | None = None
+
+
+class FitStatus(StrEnum):
+    """Life cycle of a fit: queued -> running -> succeeded | failed | cancelled."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True when the fit will not change status any more."""
+        return self in (FitStatus.SUCCEEDED, FitStatus.FAILED, FitStatus.CANCELLED)
+
+
+class ChainProgress(BaseModel):
+    """Progress of one chain while sampling."""
+
+    chain: int
+    draws_done: int = Field(description="Draws finished, warm-up included.")
+    draws_total: int
+    tuning: bool
+    divergences: int
+
+
+class Progress(BaseModel):
+    """Progress of a running fit."""
+
+    phase: Literal["compiling", "sampling", "summarizing"]
+    fraction: float = Field(ge=0, le=1)
+    chains: list[ChainProgress] = Field(default_factory=list)
+
+
+class Timings(BaseModel):
+    """Seconds spent in each phase of a fit."""
+
+    queued_s: float | None = None
+    build_s: float | None = None
+    compile_s: float | None = None
+    sampling_s: float | None = None
+    summarize_s: float | None = None
+    total_s: float | None = None
+
+
+class FitError(BaseModel):
+    """Why a fit failed, as data."""
+
+    reason: str = Field(examples=["sampling_error", "timeout", "worker_lost"])
+    message: str
+
+
+class FitResource(BaseModel):
+    """A fit: its request, status, progress, timings and, once failed, its error."""
+
+    id: str
+    status: FitStatus
+    name: str | None = None
+    formula: str
+    family: str
+    n_obs: int
+    sampler: ResolvedSampler
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    progress: Progress | None = None
+    timings: Timings = Field(default_factory=Timings)
+    versions: dict[str, str] = Field(default_factory=dict)
+    error: FitError | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------ results
+
+
+class Interval(BaseModel):
+    """Which credible interval the bounds are: highest density (hdi) or equal-tailed (eti)."""
+
+    kind: IntervalKind
+    prob: float
+
+
+class Estimate(BaseModel):
+    """Posterior mean, sd and credible interval of one quantity."""
+
+    mean: float
+    sd: float
+    lower: float
+    upper: float
+
+
+class ParameterSummary(Estimate):
+    """One model parameter."""
+
+    name: str = Field(examples=["Intercept", "1|school_sigma", "sigma"])
+    kind: Literal["fixed", "group_sd", "group_corr", "auxiliary"]
+    term: str = Field(description="Bambi term the parameter belongs to.")
+    level: str | None = Field(default=None, description="Level, for a categorical term.")
+    mcse_mean: float
+    mcse_sd: float
+
+
+class Summary(BaseModel):
+    """Posterior summary of every parameter of a fit."""
+
+    fit_id: str
+    interval: Interval
+    parameters: list[ParameterSummary]
+
+
+class LevelEffect(BaseModel):
+    """One group-level term at one level: the deviation (ranef) and the total (coef)."""
+
+    term: str = Field(examples=["1|school"])
+    ranef: Estimate
+    coef: Estimate
+
+
+class GroupLevel(BaseModel):
+    """One level of a grouping factor."""
+
+    level: str
+    n_obs: int
+    effects: list[LevelEffect]
+
+
+class GroupEffects(BaseModel):
+    """The partially pooled effect of every level of one grouping factor."""
+
+    fit_id: str
+    factor: str
+    interval: Interval
+    levels: list[GroupLevel]
+
+
+class ParameterDiagnostics(BaseModel):
+    """Convergence diagnostics of one parameter (one entry per level of a vector)."""
+
+    name: str
+    r_hat: float
+    ess_bulk: float
+    ess_tail: float
+    mcse_mean: float
+
+
+class Verdict(StrEnum):
+    """Overall convergence verdict."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+
+
+class Diagnostics(BaseModel):
+    """Convergence diagnostics with a verdict (Vehtari et al. 2021 thresholds)."""
+
+    fit_id: str
+    verdict: Verdict
+    warnings: list[str]
+    chains: int
+    draws: int
+    divergences: int
+    max_treedepth_hits: int
+    ebfmi: list[float]
+    max_r_hat: float
+    min_ess_bulk: float
+    min_ess_tail: float
+    parameters: list[ParameterDiagnostics]
+
+
+# -------------------------------------------------------------------------- predictions
+
+
+class PredictionRequest(Strict):
+    """New rows to predict, from a fitted model."""
+
+    data: Records | Columns
+    kind: Literal["mean", "response"] = Field(
+        default="mean",
+        description="mean: expected value of the response; response: posterior predictive.",
+    )
+    interval: IntervalKind = "hdi"
+    prob: float = Field(default=DEFAULT_PROB, gt=0, lt=1)
+    seed: int | None = Field(default=None, ge=0, lt=2**32)
+
+
+class PredictedRow(Estimate):
+    """Prediction for one row, and whether each of its groups was seen in training."""
+
+    row: int
+    groups: dict[str, Literal["seen", "new"]]
+
+
+class Predictions(BaseModel):
+    """Predictions with uncertainty, one per requested row."""
+
+    fit_id: str
+    kind: Literal["mean", "response"]
+    interval: Interval
+    rows: list[PredictedRow]
+
+
+class Health(BaseModel):
+    """Liveness answer."""
+
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,57 @@
+"""The one settings object, read from environment variables (prefix ``HBM_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. Environment variables override the defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="HBM_", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("HBM_REDIS_URL", "REDIS_URL"),
+        description="Redis holding job records and the Celery broker queues.",
+    )
+    data_dir: Path = Field(
+        default=Path("var/data"), description="Where requests and posteriors are stored."
+    )
+    fit_queue: str = "hbm.fits"
+    interactive_queue: str = "hbm.interactive"
+
+    # Request limits (each has its own clear 4xx answer).
+    max_rows: int = 200_000
+    max_columns: int = 100
+    max_formula_length: int = 500
+    max_draws: int = 20_000
+    max_tune: int = 20_000
+    max_chains: int = 16
+    max_prediction_rows: int = 100_000
+
+    # Sampler defaults (what rstanarm users expect: 4 chains, 1000 draws, 1000 tuning).
+    default_draws: int = 1000
+    default_tune: int = 1000
+    default_chains: int = 4
+    sampler_cores: int | None = Field(
+        default=None, description="Chains run in parallel threads; default: all cores."
+    )
+
+    # Reliability.
+    fit_time_limit_s: int = Field(default=3600, description="Hard limit on one fit's run time.")
+    max_attempts: int = Field(default=3, description="Runs of a fit before it is failed.")
+    reply_timeout_s: float = Field(
+        default=120.0, description="How long the API waits for a prediction or a summary."
+    )
+    model_cache_size: int = Field(default=8, description="Fitted models kept warm per worker.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The worker: Celery tasks that fit models and answer predictions. Imports PyMC."""

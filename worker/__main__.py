@@ -1,0 +1,49 @@
+"""Start a Celery worker: ``python -m worker [fits|interactive|all]``.
+
+``fits`` runs one fit at a time (its chains use all cores through nutpie's threads);
+``interactive`` answers predictions and summaries, so they never wait behind a long fit.
+The Dockerfile, docker-compose.yml, ``make run`` and the tests all start workers this way.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from service.core.settings import get_settings
+
+
+def argv(role: str) -> list[str]:
+    """The celery command line for a worker of ``role``."""
+    settings = get_settings()
+    queues = {
+        "fits": [settings.fit_queue],
+        "interactive": [settings.interactive_queue],
+        "all": [settings.fit_queue, settings.interactive_queue],
+    }[role]
+    return [
+        "worker",
+        "--queues",
+        ",".join(queues),
+        "--concurrency",
+        "1",
+        "--hostname",
+        f"{role}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def main() -> None:
+    """Run the worker in this process."""
+    role = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if role not in ("fits", "interactive", "all"):
+        raise SystemExit(f"usage: python -m worker [fits|interactive|all] (got {role!r})")
+    from worker.celery_app import app
+
+    app.worker_main(argv(role))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Modelling functions: build a Bambi model from a spec, sample, summarise, predict."""

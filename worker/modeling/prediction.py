@@ -1,0 +1,169 @@
+"""Predictions for new rows, with independent draws for every new group level.
+
+Bambi (and rstanarm) give all new levels of a factor one shared set of draws. Here each new
+level of each group-level term gets its own draws from the fitted population distribution,
+``b_new ~ Normal(mu, sigma)`` with ``(mu, sigma)`` taken draw by draw from the posterior
+(brms' ``sample_new_levels = "gaussian"``), so two new schools are two different schools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bambi as bmb
+import formulae as fm
+import numpy as np
+import pandas as pd
+import xarray as xr
+from bambi.utils import get_aliased_name
+
+from service.core.errors import InvalidRequest
+from service.core.schemas import IntervalKind
+from worker.modeling.summaries import SAMPLE_DIMS, interval
+
+OBS = "__obs__"
+
+
+def predict(
+    model: bmb.Model,
+    posterior: xr.Dataset,
+    data: pd.DataFrame,
+    *,
+    kind: str,
+    interval_kind: IntervalKind,
+    prob: float,
+    seed: int | None,
+) -> dict[str, Any]:
+    """Per-row mean, sd and interval of the expected value (``mean``) or of new responses."""
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    status: dict[str, np.ndarray] = {}
+    params: dict[str, xr.DataArray] = {}
+    for name, component in model.conditional_parameters.items():
+        eta = _linear_predictor(component, posterior, data, rng, status)
+        linkinv = model.family.link[name].linkinv
+        params[component.alias or name] = xr.apply_ufunc(linkinv, eta)
+    extended = posterior.assign({k: v for k, v in params.items()}).assign_coords(
+        {OBS: np.arange(n)}
+    )
+    parent = model.family.likelihood.parent
+    if kind == "mean":
+        values = extended[parent]
+    else:
+        values = model.family.posterior_predictive(model, extended, random_seed=rng, data=data)
+    values = values.transpose(*SAMPLE_DIMS, OBS)
+    bounds = interval(values, interval_kind, prob)
+    mean = values.mean(SAMPLE_DIMS).values
+    sd = values.std(SAMPLE_DIMS, ddof=1).values
+    lower = bounds.sel(ci_bound="lower").values
+    upper = bounds.sel(ci_bound="upper").values
+    rows = [
+        {
+            "row": i,
+            "mean": float(mean[i]),
+            "sd": float(sd[i]),
+            "lower": float(lower[i]),
+            "upper": float(upper[i]),
+            "groups": {f: ("new" if new[i] else "seen") for f, new in status.items()},
+        }
+        for i in range(n)
+    ]
+    return {"kind": kind, "interval": {"kind": interval_kind, "prob": prob}, "rows": rows}
+
+
+def _linear_predictor(
+    component: Any,
+    posterior: xr.Dataset,
+    data: pd.DataFrame,
+    rng: np.random.Generator,
+    status: dict[str, np.ndarray],
+) -> xr.DataArray:
+    n = len(data)
+    shape = (posterior.sizes["chain"], posterior.sizes["draw"], n)
+    eta = xr.DataArray(np.zeros(shape), dims=(*SAMPLE_DIMS, OBS))
+    if component.design.common:
+        try:
+            common = component.predict_common(
+                posterior, data, False, SAMPLE_DIMS, (OBS, "__variables__"), {}
+            )
+        except Exception as exc:
+            raise InvalidRequest.one(
+                "data", "the new data does not fit the model's predictors (unseen category?)"
+            ) from exc
+        eta = eta + common.transpose(*SAMPLE_DIMS, OBS)
+    for term in component.group_specific_terms.values():
+        contribution, factor, new = _group_term(term, posterior, data, rng)
+        eta = eta + xr.DataArray(contribution, dims=(*SAMPLE_DIMS, OBS))
+        status[factor] = status.get(factor, np.zeros(n, dtype=bool)) | new
+    return eta
+
+
+def _group_term(
+    term: Any, posterior: xr.Dataset, data: pd.DataFrame, rng: np.random.Generator
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """Contribution of one group-level term, drawing each new level independently."""
+    name = get_aliased_name(term)
+    factor = term.name.split("|", 1)[1]
+    formula_term = term.term
+    previous = fm.config["EVAL_UNSEEN_CATEGORIES"]
+    fm.config["EVAL_UNSEEN_CATEGORIES"] = "silent"
+    try:
+        x = np.asarray(formula_term.expr.eval_new_data(data), dtype=float)
+        membership = np.asarray(formula_term.factor.eval_new_data(data))
+    except Exception as exc:
+        raise InvalidRequest.one(
+            "data", f"the new data does not fit the group term '{name}'"
+        ) from exc
+    finally:
+        fm.config["EVAL_UNSEEN_CATEGORIES"] = previous
+    if x.ndim == 1:
+        x = x[:, None]
+    if membership.ndim == 1:
+        membership = membership[:, None]
+    seen = membership.any(axis=1)
+    index = membership.argmax(axis=1)
+
+    draws = posterior[name]
+    factor_dim = next(d for d in draws.dims if str(d).endswith("__factor_dim"))
+    expr_dims = [d for d in draws.dims if d not in (*SAMPLE_DIMS, factor_dim)]
+    b = draws.transpose(*SAMPLE_DIMS, factor_dim, *expr_dims).values
+    if b.ndim == 3:
+        b = b[..., None]  # (chain, draw, level, k)
+    chains, n_draws, _, k = b.shape
+
+    new_rows = np.flatnonzero(~seen)
+    per_row = np.empty((chains, n_draws, len(data), k))
+    per_row[:, :, seen] = b[:, :, index[seen]]
+    if new_rows.size:
+        columns = sorted(formula_term.factor.var_names)
+        keys = [tuple(data[c].iloc[i] for c in columns) for i in new_rows]
+        unique = {key: j for j, key in enumerate(dict.fromkeys(keys))}
+        fresh = _population_draws(term, posterior, len(unique), k, rng)  # (c, d, new, k)
+        per_row[:, :, new_rows] = fresh[:, :, [unique[key] for key in keys]]
+    contribution = np.einsum("cdnk,nk->cdn", per_row, x)
+    return contribution, factor, ~seen
+
+
+def _population_draws(
+    term: Any, posterior: xr.Dataset, levels: int, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``levels`` independent new-level effects per posterior draw, from the population."""
+    name = get_aliased_name(term)
+    prior = term.prior
+    if prior.name != "Normal":
+        raise InvalidRequest.one(
+            "data", f"new levels cannot be predicted for '{name}' with a {prior.name} prior"
+        )
+    chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
+
+    def hyper(arg: str) -> np.ndarray:
+        value = prior.args[arg]
+        if isinstance(value, bmb.Prior):
+            array = posterior[f"{name}_{arg}"].transpose(*SAMPLE_DIMS, ...).values
+        else:
+            array = np.broadcast_to(np.asarray(value, dtype=float), (chains, draws))
+        array = array.reshape(chains, draws, -1)
+        return np.broadcast_to(array, (chains, draws, k))[:, :, None, :]
+
+    standard = rng.standard_normal((chains, draws, levels, k))
+    return hyper("mu") + hyper("sigma") * standard

@@ -1,0 +1,323 @@
+"""Posterior summaries, group effects and convergence diagnostics (the only ArviZ user).
+
+Parameters are classified from the Bambi model: ``fixed`` (common terms of every
+distributional parameter), ``group_sd`` (the SD hyperparameter of a group-level term),
+``auxiliary`` (family parameters such as a gaussian's ``sigma``). Bambi 0.21 models
+group-level terms as independent, so there are no ``group_corr`` parameters to report.
+Per-level group effects are served by the groups resource, not the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import arviz as az
+import bambi as bmb
+import numpy as np
+import xarray as xr
+from bambi.utils import get_aliased_name
+
+from service.core.schemas import DEFAULT_PROB, IntervalKind
+
+SAMPLE_DIMS = ("chain", "draw")
+DEFAULT_INTERVAL: tuple[IntervalKind, float] = ("hdi", DEFAULT_PROB)
+
+# Vehtari et al. (2021): R-hat below 1.01 and at least 100 effective draws per chain.
+RHAT_GOOD = 1.01
+RHAT_BAD = 1.05
+ESS_PER_CHAIN_GOOD = 100
+ESS_PER_CHAIN_BAD = 50
+EBFMI_GOOD = 0.3
+
+
+@dataclass(frozen=True)
+class ParameterRole:
+    """What a posterior variable is in the model."""
+
+    kind: str  # fixed | group_sd | auxiliary
+    term: str
+
+
+def parameter_roles(model: bmb.Model) -> dict[str, ParameterRole]:
+    """Every summarised posterior variable and its role, in a stable, readable order."""
+    roles: dict[str, ParameterRole] = {}
+    for component in model.conditional_parameters.values():
+        terms = list(component.common_terms.values())
+        if component.intercept_term is not None:
+            terms.insert(0, component.intercept_term)
+        for term in terms:
+            name = get_aliased_name(term)
+            roles[name] = ParameterRole("fixed", name)
+    for component in model.conditional_parameters.values():
+        for term in component.group_specific_terms.values():
+            name = get_aliased_name(term)
+            for arg, value in term.prior.args.items():
+                if isinstance(value, bmb.Prior):
+                    kind = "group_sd" if arg == "sigma" else "auxiliary"
+                    roles[f"{name}_{arg}"] = ParameterRole(kind, name)
+    for name in model.marginal_parameters:
+        roles[name] = ParameterRole("auxiliary", name)
+    return roles
+
+
+def group_terms(model: bmb.Model) -> dict[str, list[Any]]:
+    """Group-level terms by grouping factor, e.g. ``{"school": [<1|school>]}``."""
+    factors: dict[str, list[Any]] = {}
+    for component in model.conditional_parameters.values():
+        for factor, names in component.group_specific_groups.items():
+            factors.setdefault(factor, []).extend(
+                component.group_specific_terms[n] for n in names
+            )
+    return factors
+
+
+def interval(data: xr.Dataset | xr.DataArray, kind: IntervalKind, prob: float) -> Any:
+    """HDI or equal-tailed interval over the sample dims, with a ``ci_bound`` dim."""
+    if kind == "hdi":
+        return az.hdi(data, prob=prob)
+    return az.eti(data, prob=prob)
+
+
+def _label(coords: dict[str, Any]) -> str | None:
+    return ", ".join(str(v) for v in coords.values()) or None
+
+
+def _rows(ds: xr.Dataset, kind: IntervalKind, prob: float, *, diagnostics: bool) -> list[dict[str, Any]]:
+    """One row per scalar element of every variable in ``ds``."""
+    stats = {
+        "mean": ds.mean(SAMPLE_DIMS),
+        "sd": ds.std(SAMPLE_DIMS, ddof=1),
+        "mcse_mean": az.mcse(ds, method="mean"),
+    }
+    bounds = interval(ds, kind, prob)
+    if diagnostics:
+        stats |= {
+            "r_hat": az.rhat(ds),
+            "ess_bulk": az.ess(ds, method="bulk"),
+            "ess_tail": az.ess(ds, method="tail"),
+        }
+    else:
+        stats["mcse_sd"] = az.mcse(ds, method="sd")
+    rows: list[dict[str, Any]] = []
+    for name in ds.data_vars:
+        other_dims = [d for d in ds[name].dims if d not in SAMPLE_DIMS]
+        index = np.ndindex(*(ds.sizes[d] for d in other_dims))
+        for position in index:
+            where = dict(zip(other_dims, position, strict=True))
+            coords = {d: ds[d].values[i] for d, i in where.items()}
+            row: dict[str, Any] = {"name": str(name), "level": _label(coords)}
+            for stat, values in stats.items():
+                row[stat] = float(values[name].isel(where))
+            lower_upper = bounds[name].isel(where)
+            row["lower"] = float(lower_upper.sel(ci_bound="lower"))
+            row["upper"] = float(lower_upper.sel(ci_bound="upper"))
+            rows.append(row)
+    return rows
+
+
+def summarize(
+    model: bmb.Model, posterior: xr.Dataset, fit_id: str, kind: IntervalKind, prob: float
+) -> dict[str, Any]:
+    """The summary resource: every fixed effect, group SD and auxiliary parameter."""
+    roles = parameter_roles(model)
+    names = [n for n in roles if n in posterior]
+    rows = _rows(posterior[names], kind, prob, diagnostics=False)
+    for row in rows:
+        role = roles[row["name"]]
+        row |= {"kind": role.kind, "term": role.term}
+    return {"fit_id": fit_id, "interval": {"kind": kind, "prob": prob}, "parameters": rows}
+
+
+def group_effects(
+    model: bmb.Model, posterior: xr.Dataset, fit_id: str, kind: IntervalKind, prob: float
+) -> dict[str, Any]:
+    """For each grouping factor, every level's ranef and coef (fixed part + ranef)."""
+    result: dict[str, Any] = {}
+    for factor, terms in group_terms(model).items():
+        levels: dict[str, dict[str, Any]] = {}
+        for term in terms:
+            _add_term_levels(term, posterior, kind, prob, levels)
+        result[factor] = {
+            "fit_id": fit_id,
+            "factor": factor,
+            "interval": {"kind": kind, "prob": prob},
+            "levels": list(levels.values()),
+        }
+    return result
+
+
+def _fixed_counterpart(term: Any, posterior: xr.Dataset) -> xr.DataArray | None:
+    """The common term a group-level term deviates from (Intercept for ``1|g``)."""
+    expr = get_aliased_name(term).split("|")[0]
+    name = "Intercept" if expr == "1" else expr
+    if term.name != get_aliased_name(term) or name not in posterior:
+        return None
+    fixed = posterior[name]
+    return fixed if set(fixed.dims) <= set(SAMPLE_DIMS) else None
+
+
+def _add_term_levels(
+    term: Any, posterior: xr.Dataset, kind: IntervalKind, prob: float, levels: dict[str, Any]
+) -> None:
+    name = get_aliased_name(term)
+    ranef = posterior[name]
+    factor_dim = next(d for d in ranef.dims if str(d).endswith("__factor_dim"))
+    counts = np.bincount(term.group_index, minlength=ranef.sizes[factor_dim])
+    fixed = _fixed_counterpart(term, posterior)
+    coef = ranef + fixed if fixed is not None else ranef
+    parts = xr.Dataset({"ranef": ranef, "coef": coef})
+    rows = _rows(parts, kind, prob, diagnostics=False)
+    by_level: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        by_level[(row["name"], row["level"])] = row
+    other_dims = [d for d in ranef.dims if d not in (*SAMPLE_DIMS, factor_dim)]
+    for i, level in enumerate(ranef[factor_dim].values):
+        entry = levels.setdefault(
+            str(level), {"level": str(level), "n_obs": int(counts[i]), "effects": []}
+        )
+        for extra in np.ndindex(*(ranef.sizes[d] for d in other_dims)):
+            sub = {d: ranef[d].values[j] for d, j in zip(other_dims, extra, strict=True)}
+            coords = {factor_dim: level, **sub}
+            label = _label({d: coords[d] for d in ranef.dims if d not in SAMPLE_DIMS})
+            term_name = name if not sub else f"{name}[{_label(sub)}]"
+            entry["effects"].append(
+                {
+                    "term": term_name,
+                    "ranef": _estimate(by_level[("ranef", label)]),  # type: ignore[index]
+                    "coef": _estimate(by_level[("coef", label)]),  # type: ignore[index]
+                }
+            )
+
+
+def _estimate(row: dict[str, Any]) -> dict[str, float]:
+    return {k: row[k] for k in ("mean", "sd", "lower", "upper")}
+
+
+def diagnose(
+    model: bmb.Model, posterior: xr.Dataset, sample_stats: xr.Dataset, fit_id: str
+) -> dict[str, Any]:
+    """R-hat, ESS and sampler checks with a verdict and plain-language warnings."""
+    roles = parameter_roles(model)
+    group_names = [get_aliased_name(t) for ts in group_terms(model).values() for t in ts]
+    names = [n for n in [*roles, *group_names] if n in posterior]
+    rows = _rows(posterior[names], *DEFAULT_INTERVAL, diagnostics=True)
+    chains = posterior.sizes["chain"]
+    draws = posterior.sizes["draw"]
+    divergences = int(sample_stats["diverging"].sum()) if "diverging" in sample_stats else 0
+    depth_hits = (
+        int(sample_stats["maxdepth_reached"].sum()) if "maxdepth_reached" in sample_stats else 0
+    )
+    ebfmi = _ebfmi(sample_stats)
+    params = [
+        {
+            "name": r["name"] if r["level"] is None else f"{r['name']}[{r['level']}]",
+            "r_hat": r["r_hat"],
+            "ess_bulk": r["ess_bulk"],
+            "ess_tail": r["ess_tail"],
+            "mcse_mean": r["mcse_mean"],
+        }
+        for r in rows
+    ]
+    max_rhat = max(p["r_hat"] for p in params)
+    min_bulk = min(p["ess_bulk"] for p in params)
+    min_tail = min(p["ess_tail"] for p in params)
+    verdict, warnings = verdict_for(
+        chains=chains,
+        draws=draws,
+        max_rhat=max_rhat,
+        min_ess_bulk=min_bulk,
+        min_ess_tail=min_tail,
+        divergences=divergences,
+        depth_hits=depth_hits,
+        ebfmi=ebfmi,
+        worst={k: _worst(params, k) for k in ("r_hat", "ess_bulk", "ess_tail")},
+    )
+    return {
+        "fit_id": fit_id,
+        "verdict": verdict,
+        "warnings": warnings,
+        "chains": chains,
+        "draws": draws,
+        "divergences": divergences,
+        "max_treedepth_hits": depth_hits,
+        "ebfmi": ebfmi,
+        "max_r_hat": max_rhat,
+        "min_ess_bulk": min_bulk,
+        "min_ess_tail": min_tail,
+        "parameters": params,
+    }
+
+
+def _worst(params: list[dict[str, Any]], key: str) -> str:
+    pick = max if key == "r_hat" else min
+    return str(pick(params, key=lambda p: p[key])["name"])
+
+
+def _ebfmi(sample_stats: xr.Dataset) -> list[float]:
+    if "energy" not in sample_stats:
+        return []
+    energy = sample_stats["energy"].values
+    diffs = np.diff(energy, axis=1)
+    variance = energy.var(axis=1)
+    return [float(v) for v in (diffs**2).mean(axis=1) / np.where(variance > 0, variance, np.nan)]
+
+
+def verdict_for(
+    *,
+    chains: int,
+    draws: int,
+    max_rhat: float,
+    min_ess_bulk: float,
+    min_ess_tail: float,
+    divergences: int,
+    depth_hits: int,
+    ebfmi: list[float],
+    worst: dict[str, str],
+) -> tuple[str, list[str]]:
+    """pass, warn or fail, with one plain-language warning per problem found.
+
+    fail: R-hat at or above 1.05, bulk ESS under 50 per chain, or divergences in more than
+    1% of draws: the posterior summaries should not be used.
+    warn: R-hat at or above 1.01, bulk or tail ESS under 100 per chain, any divergence,
+    tree-depth limit hits, or E-BFMI under 0.3 in some chain: usable with care.
+    """
+    warnings: list[str] = []
+    failed = False
+    total = chains * draws
+    if max_rhat >= RHAT_GOOD:
+        failed |= max_rhat >= RHAT_BAD
+        warnings.append(
+            f"R-hat reaches {max_rhat:.3f} (for {worst['r_hat']}); chains disagree, values "
+            f"below {RHAT_GOOD} are wanted. Run longer chains or reparameterise."
+        )
+    good_ess = ESS_PER_CHAIN_GOOD * chains
+    if min_ess_bulk < good_ess:
+        failed |= min_ess_bulk < ESS_PER_CHAIN_BAD * chains
+        warnings.append(
+            f"Bulk effective sample size is only {min_ess_bulk:.0f} (for {worst['ess_bulk']}); "
+            f"at least {good_ess} is wanted for reliable means. Draw more samples."
+        )
+    if min_ess_tail < good_ess:
+        warnings.append(
+            f"Tail effective sample size is only {min_ess_tail:.0f} (for {worst['ess_tail']}); "
+            f"at least {good_ess} is wanted for reliable intervals. Draw more samples."
+        )
+    if divergences:
+        failed |= divergences > 0.01 * total
+        warnings.append(
+            f"{divergences} of {total} draws diverged; the posterior may be biased. Raise "
+            "target_accept (e.g. 0.95) or reparameterise."
+        )
+    if depth_hits:
+        warnings.append(
+            f"{depth_hits} draws hit the maximum tree depth; sampling was inefficient."
+        )
+    low = [i for i, v in enumerate(ebfmi) if np.isfinite(v) and v < EBFMI_GOOD]
+    if low:
+        warnings.append(
+            f"E-BFMI is below {EBFMI_GOOD} in chains {low}; the sampler explored the energy "
+            "distribution poorly."
+        )
+    verdict = "fail" if failed else "warn" if warnings else "pass"
+    return verdict, warnings

@@ -1,0 +1,202 @@
+"""Thin Celery tasks: load the job, call the modelling functions, store, set the status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from redis import Redis
+
+from service.core import tasks
+from service.core.artifacts import Artifacts
+from service.core.errors import FitFailed, InvalidRequest, NotFound
+from service.core.jobs import JobStore, is_fit_id, utcnow
+from service.core.schemas import FitError, FitStatus, Progress, Timings
+from service.core.settings import Settings, get_settings
+from worker.celery_app import app
+from worker.modeling.building import build_model, frame
+from worker.modeling.cache import FittedModel, FittedModelCache
+from worker.modeling.prediction import predict
+from worker.modeling.sampling import PROGRESS_INTERVAL_S, sample
+from worker.modeling.storage import save_posterior
+from worker.modeling.summaries import DEFAULT_INTERVAL, diagnose, group_effects, summarize
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = ("bambi", "pymc", "pytensor", "arviz", "nutpie", "formulae", "numpy", "hbm-service")
+
+
+@dataclass
+class Context:
+    """What the tasks of one worker process share."""
+
+    settings: Settings
+    store: JobStore
+    artifacts: Artifacts
+    cache: FittedModelCache
+
+
+@cache
+def context() -> Context:
+    """The process's context, created on first use (after the pool has forked)."""
+    settings = get_settings()
+    artifacts = Artifacts(settings.data_dir)
+    return Context(
+        settings=settings,
+        store=JobStore(Redis.from_url(settings.redis_url)),
+        artifacts=artifacts,
+        cache=FittedModelCache(artifacts, settings.model_cache_size),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that produced a fit."""
+    return {"python": platform.python_version()} | {name: version(name) for name in LIBRARIES}
+
+
+class ThrottledProgress:
+    """Writes progress to the job record at most every PROGRESS_INTERVAL_S seconds."""
+
+    def __init__(self, store: JobStore, fit_id: str) -> None:
+        self.store = store
+        self.fit_id = fit_id
+        self.last = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase == "sampling" and now - self.last < PROGRESS_INTERVAL_S:
+            return
+        self.last = now
+        self.store.set_progress(self.fit_id, progress)
+
+
+@app.task(name=tasks.FIT)
+def fit(fit_id: str) -> None:
+    """Fit one queued model. Safe to run again: a finished fit is left alone."""
+    run_fit(fit_id, context())
+
+
+def run_fit(fit_id: str, ctx: Context) -> None:
+    """The body of the fit task."""
+    record = ctx.store.get(fit_id)
+    if record is None or record.status.is_final:
+        log.info("fit %s: nothing to do (%s)", fit_id, record and record.status)
+        return
+    attempt = ctx.store.start_attempt(fit_id)
+    if attempt > ctx.settings.max_attempts:
+        message = f"the fit stopped its worker {attempt - 1} times and was not run again"
+        ctx.store.finish(fit_id, FitStatus.FAILED, error=FitError(reason="worker_lost", message=message))
+        return
+    started = time.perf_counter()
+    timings = Timings(queued_s=(utcnow() - record.created_at).total_seconds())
+    try:
+        spec = ctx.artifacts.read_spec(fit_id)
+        model = build_model(spec)
+        result = sample(
+            model, spec.sampler, ThrottledProgress(ctx.store, fit_id), cores=ctx.settings.sampler_cores
+        )
+        ctx.store.set_progress(fit_id, Progress(phase="summarizing", fraction=1.0))
+        summarizing = time.perf_counter()
+        save_posterior(ctx.artifacts, fit_id, result.posterior, result.sample_stats)
+        kind, prob = DEFAULT_INTERVAL
+        results = {
+            "summary.json": summarize(model, result.posterior, fit_id, kind, prob),
+            "groups.json": group_effects(model, result.posterior, fit_id, kind, prob),
+            "diagnostics.json": diagnose(model, result.posterior, result.sample_stats, fit_id),
+        }
+        for name, body in results.items():
+            ctx.artifacts.write_json(fit_id, name, body)
+        ctx.cache.put(fit_id, FittedModel(model, result.posterior, result.sample_stats))
+        timings.build_s = result.build_s
+        timings.compile_s = result.compile_s
+        timings.sampling_s = result.sampling_s
+        timings.summarize_s = time.perf_counter() - summarizing
+        timings.total_s = time.perf_counter() - started
+        ctx.store.finish(fit_id, FitStatus.SUCCEEDED, timings=timings, versions=library_versions())
+    except FitFailed as exc:
+        _fail(ctx, fit_id, exc.reason, exc.message)
+    except InvalidRequest as exc:
+        _fail(ctx, fit_id, "invalid_request", exc.detail)
+    except SoftTimeLimitExceeded:
+        _fail(ctx, fit_id, "timeout", f"the fit ran past its limit of {ctx.settings.fit_time_limit_s} s")
+    except Exception:
+        log.exception("fit %s failed unexpectedly", fit_id)
+        _fail(ctx, fit_id, "internal_error", "the fit failed unexpectedly; the error was logged")
+
+
+def _fail(ctx: Context, fit_id: str, reason: str, message: str) -> None:
+    log.info("fit %s failed: %s", fit_id, reason)
+    ctx.store.finish(fit_id, FitStatus.FAILED, error=FitError(reason=reason, message=message))
+
+
+# ------------------------------------------------------------------- synchronous calls
+
+
+def _reply(reply_key: str, compute: Callable[[], Any]) -> None:
+    """Run ``compute`` and push its answer, or the error as data, to ``reply_key``."""
+    try:
+        message: dict[str, Any] = {"ok": compute()}
+    except InvalidRequest as exc:
+        errors = [{"field": e.field, "message": e.message} for e in exc.errors]
+        message = {"error": {"status": 422, "detail": exc.detail, "errors": errors}}
+    except NotFound as exc:
+        message = {"error": {"status": 404, "detail": exc.detail}}
+    except Exception:
+        log.exception("call on %s failed", reply_key)
+        message = {"error": {"status": 500, "detail": "the worker failed to answer"}}
+    redis = context().store.redis
+    pipe = redis.pipeline()
+    pipe.rpush(reply_key, json.dumps(message))
+    pipe.expire(reply_key, tasks.REPLY_TTL_S)
+    pipe.execute()
+
+
+def _fitted(fit_id: str) -> FittedModel:
+    if not is_fit_id(fit_id):
+        raise NotFound("no such fit")
+    try:
+        return context().cache.get(fit_id)
+    except FileNotFoundError as exc:
+        raise NotFound("the fit's results are not stored any more") from exc
+
+
+@app.task(name=tasks.PREDICT, acks_late=False)
+def predict_task(payload: dict[str, Any], reply_key: str) -> None:
+    """Predict new rows from a fitted model and reply."""
+
+    def compute() -> Any:
+        fitted = _fitted(payload["fit_id"])
+        body = predict(
+            fitted.model,
+            fitted.posterior,
+            frame(payload["columns"]),
+            kind=payload["kind"],
+            interval_kind=payload["interval"],
+            prob=payload["prob"],
+            seed=payload["seed"],
+        )
+        return {"fit_id": payload["fit_id"], **body}
+
+    _reply(reply_key, compute)
+
+
+@app.task(name=tasks.RESULTS, acks_late=False)
+def results_task(payload: dict[str, Any], reply_key: str) -> None:
+    """Summary or group effects at a requested interval, and reply."""
+
+    def compute() -> Any:
+        fitted = _fitted(payload["fit_id"])
+        shape = summarize if payload["what"] == "summary" else group_effects
+        return shape(
+            fitted.model, fitted.posterior, payload["fit_id"], payload["interval"], payload["prob"]
+        )
+
+    _reply(reply_key, compute)
