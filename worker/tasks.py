@@ -93,7 +93,9 @@ def run_fit(fit_id: str, ctx: Context) -> None:
     attempt = ctx.store.start_attempt(fit_id)
     if attempt > ctx.settings.max_attempts:
         message = f"the fit stopped its worker {attempt - 1} times and was not run again"
-        ctx.store.finish(fit_id, FitStatus.FAILED, error=FitError(reason="worker_lost", message=message))
+        ctx.store.finish(
+            fit_id, FitStatus.FAILED, error=FitError(reason="worker_lost", message=message)
+        )
         return
     started = time.perf_counter()
     timings = Timings(queued_s=(utcnow() - record.created_at).total_seconds())
@@ -101,7 +103,10 @@ def run_fit(fit_id: str, ctx: Context) -> None:
         spec = ctx.artifacts.read_spec(fit_id)
         model = build_model(spec)
         result = sample(
-            model, spec.sampler, ThrottledProgress(ctx.store, fit_id), cores=ctx.settings.sampler_cores
+            model,
+            spec.sampler,
+            ThrottledProgress(ctx.store, fit_id),
+            cores=ctx.settings.sampler_cores,
         )
         ctx.store.set_progress(fit_id, Progress(phase="summarizing", fraction=1.0))
         summarizing = time.perf_counter()
@@ -126,7 +131,12 @@ def run_fit(fit_id: str, ctx: Context) -> None:
     except InvalidRequest as exc:
         _fail(ctx, fit_id, "invalid_request", exc.detail)
     except SoftTimeLimitExceeded:
-        _fail(ctx, fit_id, "timeout", f"the fit ran past its limit of {ctx.settings.fit_time_limit_s} s")
+        _fail(
+            ctx,
+            fit_id,
+            "timeout",
+            f"the fit ran past its limit of {ctx.settings.fit_time_limit_s} s",
+        )
     except Exception:
         log.exception("fit %s failed unexpectedly", fit_id)
         _fail(ctx, fit_id, "internal_error", "the fit failed unexpectedly; the error was logged")

@@ -27,7 +27,8 @@ class Services:
     def create(cls, settings: Settings) -> Services:
         """Connect to Redis and prepare the producer (nothing is contacted yet)."""
         redis = Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2,
+            settings.redis_url,
+            socket_connect_timeout=2,
             socket_timeout=settings.reply_timeout_s + 10,
             health_check_interval=10,
         )

@@ -1,10 +1,10 @@
 """Files of a fit under the data directory, written atomically (temporary file, then rename).
 
-    {data_dir}/fits/{id}/spec.json          the validated request the worker runs
-    {data_dir}/fits/{id}/posterior.nc       posterior draws and sampler statistics (netCDF)
-    {data_dir}/fits/{id}/summary.json       results at the default interval, ready to serve
-    {data_dir}/fits/{id}/groups.json
-    {data_dir}/fits/{id}/diagnostics.json
+{data_dir}/fits/{id}/spec.json          the validated request the worker runs
+{data_dir}/fits/{id}/posterior.nc       posterior draws and sampler statistics (netCDF)
+{data_dir}/fits/{id}/summary.json       results at the default interval, ready to serve
+{data_dir}/fits/{id}/groups.json
+{data_dir}/fits/{id}/diagnostics.json
 """
 
 from __future__ import annotations
@@ -52,11 +52,10 @@ class Artifacts:
 
     def write_bytes(self, fit_id: str, name: str, payload: bytes) -> Path:
         """Write a file atomically."""
-        with self.atomic_path(fit_id, name) as tmp:
-            with tmp.open("wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
+        with self.atomic_path(fit_id, name) as tmp, tmp.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
         return self.path(fit_id, name)
 
     def write_json(self, fit_id: str, name: str, value: Any) -> Path:

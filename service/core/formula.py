@@ -87,6 +87,8 @@ def check_formula(
     except Exception as exc:
         raise refuse("the formula could not be parsed") from exc
     if not parser.at_end():
+        if parser.peek().kind == "PIPE":
+            raise refuse("a group term must be in parentheses, as in '(1 | g)'")
         rest = " ".join(token.lexeme for token in tokens[parser.current : -1])
         raise refuse(f"unexpected text after a complete formula: '{_clip(rest)}'")
     if not (isinstance(tree, Binary) and tree.operator.kind == "TILDE"):
@@ -145,9 +147,9 @@ class _Walker:
     def column(self, node: Variable | QuotedName) -> str:
         """The data column a name refers to; it must exist exactly."""
         if isinstance(node, QuotedName):
-            name = node.expression.lexeme[1:-1]
+            name = str(node.expression.lexeme)[1:-1]
         else:
-            name = node.name.lexeme
+            name = str(node.name.lexeme)
             if "." in name:
                 raise self.refuse(
                     f"'{_clip(name)}' is not allowed: dotted names are refused "
@@ -182,7 +184,7 @@ class _Walker:
         callee = node.callee
         if not isinstance(callee, Variable) or callee.level is not None:
             raise self.refuse("only a plain function name may be called")
-        name = callee.name.lexeme
+        name = str(callee.name.lexeme)
         if name not in allowed:
             raise self.refuse(
                 f"'{_clip(name)}' is not an allowed function; allowed: {', '.join(sorted(allowed))}"

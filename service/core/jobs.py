@@ -141,7 +141,7 @@ class JobStore:
         error: FitError | None = None,
     ) -> None:
         """Record a final status, with timings, library versions or the error."""
-        fields: dict[str, str] = {"status": status.value, "finished_at": utcnow().isoformat()}
+        fields: dict[Any, Any] = {"status": status.value, "finished_at": utcnow().isoformat()}
         if timings is not None:
             fields["timings"] = timings.model_dump_json()
         if versions is not None:

@@ -17,6 +17,8 @@ Records = list[dict[str, Scalar]]
 Columns = dict[str, list[Scalar]]
 
 IntervalKind = Literal["hdi", "eti"]
+Parameterization = Literal["noncentered", "centered"]
+Adaptation = Literal["diag", "low_rank"]
 DEFAULT_PROB = 0.94
 
 
@@ -40,6 +42,15 @@ class SamplerSettings(Strict):
     )
     target_accept: float = Field(default=0.8, gt=0.5, lt=1.0)
     method: Literal["nutpie"] = "nutpie"
+    parameterization: Parameterization = Field(
+        default="noncentered",
+        description="Group-level effects as offsets times SD (Bambi's default) or centered. "
+        "Same posterior; centered mixes better when every group has plenty of data.",
+    )
+    adaptation: Adaptation = Field(
+        default="diag",
+        description="nutpie's mass matrix: diagonal, or low_rank for correlated posteriors.",
+    )
 
 
 class ResolvedSampler(BaseModel):
@@ -51,6 +62,8 @@ class ResolvedSampler(BaseModel):
     seed: int
     target_accept: float
     method: str
+    parameterization: Parameterization = "noncentered"
+    adaptation: Adaptation = "diag"
 
 
 class FitRequest(Strict):

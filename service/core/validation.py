@@ -83,9 +83,7 @@ def check_values(columns: Mapping[str, Sequence[Scalar]], used: set[str], field:
             errors.append(FieldError(f"{field}.{name}", f"{bad} values are not finite numbers"))
         kinds = {type(v) for v in values if v is not None}
         if str in kinds and kinds - {str}:
-            errors.append(
-                FieldError(f"{field}.{name}", "mixes text with numbers or booleans")
-            )
+            errors.append(FieldError(f"{field}.{name}", "mixes text with numbers or booleans"))
     if errors:
         raise InvalidRequest(errors)
 
@@ -107,9 +105,7 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
         raise InvalidRequest.one(
             "family", f"'{request.family[:40]}' is not supported; use one of {sorted(FAMILIES)}"
         )
-    columns = to_columns(
-        request.data, max_rows=settings.max_rows, max_columns=settings.max_columns
-    )
+    columns = to_columns(request.data, max_rows=settings.max_rows, max_columns=settings.max_columns)
     info = check_formula(request.formula, columns, max_length=settings.max_formula_length)
     check_values(columns, info.variables, "data")
     check_response(columns, info.response, request.family)
@@ -133,6 +129,8 @@ def _resolve_sampler(request: FitRequest, settings: Settings) -> ResolvedSampler
         seed=s.seed if s.seed is not None else secrets.randbelow(2**32),
         target_accept=s.target_accept,
         method=s.method,
+        parameterization=s.parameterization,
+        adaptation=s.adaptation,
     )
     limits = {
         "draws": settings.max_draws,

@@ -27,6 +27,7 @@ def build_model(spec: FitSpec) -> bmb.Model:
             spec.formula,
             frame(spec.columns),
             family=spec.family,
+            noncentered=spec.sampler.parameterization == "noncentered",
             extra_namespace=EXTRA_NAMESPACE,
         )
     except Exception as exc:

@@ -58,7 +58,9 @@ def sample(
     try:
         model.build()
     except Exception as exc:
-        raise FitFailed("model_error", f"the model could not be built ({type(exc).__name__})") from exc
+        raise FitFailed(
+            "model_error", f"the model could not be built ({type(exc).__name__})"
+        ) from exc
     built = time.perf_counter()
     try:
         compiled = nutpie.compile_pymc_model(model.backend.model, var_names=stored_variables(model))
@@ -82,6 +84,7 @@ def sample(
             cores=cores or sampler.chains,
             seed=sampler.seed,
             target_accept=sampler.target_accept,
+            adaptation=sampler.adaptation,
             save_warmup=False,
             progress_bar=False,
             progress_callback=on_progress,
@@ -132,6 +135,4 @@ def _progress(chains: list[Any]) -> Progress:
         for i, c in enumerate(chains)
     ]
     total = sum(r.draws_total for r in rows) or 1
-    return Progress(
-        phase="sampling", fraction=sum(r.draws_done for r in rows) / total, chains=rows
-    )
+    return Progress(phase="sampling", fraction=sum(r.draws_done for r in rows) / total, chains=rows)

@@ -13,7 +13,9 @@ def save_posterior(
     artifacts: Artifacts, fit_id: str, posterior: xr.Dataset, sample_stats: xr.Dataset
 ) -> None:
     """Store the posterior and the numeric sampler statistics in one netCDF file."""
-    stats = sample_stats[[v for v in sample_stats.data_vars if sample_stats[v].dtype.kind in "biuf"]]
+    stats = sample_stats[
+        [v for v in sample_stats.data_vars if sample_stats[v].dtype.kind in "biuf"]
+    ]
     tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats})
     with artifacts.atomic_path(fit_id, POSTERIOR_FILE) as tmp:
         tree.to_netcdf(tmp, engine="h5netcdf")

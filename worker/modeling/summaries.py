@@ -9,6 +9,7 @@ Per-level group effects are served by the groups resource, not the summary.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,7 @@ def group_terms(model: bmb.Model) -> dict[str, list[Any]]:
     factors: dict[str, list[Any]] = {}
     for component in model.conditional_parameters.values():
         for factor, names in component.group_specific_groups.items():
-            factors.setdefault(factor, []).extend(
-                component.group_specific_terms[n] for n in names
-            )
+            factors.setdefault(factor, []).extend(component.group_specific_terms[n] for n in names)
     return factors
 
 
@@ -79,11 +78,13 @@ def interval(data: xr.Dataset | xr.DataArray, kind: IntervalKind, prob: float) -
     return az.eti(data, prob=prob)
 
 
-def _label(coords: dict[str, Any]) -> str | None:
+def _label(coords: Mapping[Any, Any]) -> str | None:
     return ", ".join(str(v) for v in coords.values()) or None
 
 
-def _rows(ds: xr.Dataset, kind: IntervalKind, prob: float, *, diagnostics: bool) -> list[dict[str, Any]]:
+def _rows(
+    ds: xr.Dataset, kind: IntervalKind, prob: float, *, diagnostics: bool
+) -> list[dict[str, Any]]:
     """One row per scalar element of every variable in ``ds``."""
     stats = {
         "mean": ds.mean(SAMPLE_DIMS),
@@ -310,9 +311,7 @@ def verdict_for(
             "target_accept (e.g. 0.95) or reparameterise."
         )
     if depth_hits:
-        warnings.append(
-            f"{depth_hits} draws hit the maximum tree depth; sampling was inefficient."
-        )
+        warnings.append(f"{depth_hits} draws hit the maximum tree depth; sampling was inefficient.")
     low = [i for i, v in enumerate(ebfmi) if np.isfinite(v) and v < EBFMI_GOOD]
     if low:
         warnings.append(

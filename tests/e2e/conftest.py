@@ -1,0 +1,117 @@
+"""A real deployment for end-to-end tests: the API and two Celery workers (fits and
+interactive), started as separate processes with the same entrypoints as ``make run`` and
+the Dockerfile, against a real Redis. Fits use small draws to stay fast."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, clean_redis, redis_url
+
+pytestmark = pytest.mark.e2e
+
+#: Small but honest MCMC settings for tests.
+QUICK = {"draws": 300, "tune": 300, "chains": 2}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Deployment:
+    """A running API and its workers."""
+
+    base_url: str
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]]
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=120)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start ``python -m <args>`` as process ``name``, logging to a file."""
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args], env=self.env, cwd=ROOT, stdout=log, stderr=log
+        )
+        self.processes[name] = process
+        return process
+
+    def stop(self, name: str) -> None:
+        process = self.processes.pop(name)
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    url = redis_url(15)
+    clean_redis(url)
+    folder = tmp_path_factory.mktemp("deployment")
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        REDIS_URL=url,
+        HBM_DATA_DIR=str(folder / "data"),
+        PORT=str(port),
+        HOST="127.0.0.1",
+        LOG_LEVEL="warning",
+    )
+    env.pop("HBM_REDIS_URL", None)
+    running = Deployment(f"http://127.0.0.1:{port}", env, folder, {})
+    running.start("worker-fits", "worker", "fits")
+    running.start("worker-interactive", "worker", "interactive")
+    running.start("api", "service")
+    _wait_for_health(running)
+    yield running
+    for name in list(running.processes):
+        running.stop(name)
+
+
+def _wait_for_health(running: Deployment, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(running.base_url + "/v1/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    logs = (running.logs / "api.log").read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"the API did not start:\n{logs}")
+
+
+@pytest.fixture
+def client(deployment: Deployment) -> Iterator[httpx.Client]:
+    with deployment.client() as http:
+        yield http
+
+
+def wait_for_fit(client: httpx.Client, location: str, timeout_s: float = 300) -> dict[str, Any]:
+    """Poll a fit until it reaches a final status; return its last record."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        fit: dict[str, Any] = client.get(location).json()
+        if fit["status"] in ("succeeded", "failed", "cancelled"):
+            return fit
+        time.sleep(0.3)
+    raise AssertionError(f"fit {location} did not finish in {timeout_s} s")

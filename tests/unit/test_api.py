@@ -1,0 +1,208 @@
+"""The API validates and enqueues: what it accepts, what it refuses (and how), what it
+answers before a fit has results. A recording dispatcher stands in for Celery here; the
+end-to-end tests use real workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.core.settings import Settings
+from tests.conftest import clean_redis, redis_url
+
+PROBLEM = "application/problem+json"
+
+
+class RecordingDispatcher:
+    """Remembers what would have been queued."""
+
+    def __init__(self) -> None:
+        self.fits: list[str] = []
+
+    def enqueue_fit(self, fit_id: str) -> None:
+        self.fits.append(fit_id)
+
+    def call(self, name: str, payload: dict[str, Any]) -> Any:
+        raise AssertionError("no synchronous call expected in these tests")
+
+
+@pytest.fixture
+def dispatcher() -> RecordingDispatcher:
+    return RecordingDispatcher()
+
+
+@pytest.fixture
+def client(tmp_path: Path, dispatcher: RecordingDispatcher) -> Iterator[TestClient]:
+    url = redis_url(14)
+    clean_redis(url)
+    app = create_app(Settings(redis_url=url, data_dir=tmp_path, max_rows=1000, max_draws=5000))
+    app.state.services.dispatcher = dispatcher
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def body(**overrides: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "data": {"school": [1, 1, 2, 2, 3], "score": [1.0, 2.0, 3.5, 2.5, 0.1]},
+        "formula": "score ~ (1 | school)",
+    }
+    return request | overrides
+
+
+def test_a_valid_fit_is_accepted_and_queued(
+    client: TestClient, dispatcher: RecordingDispatcher, tmp_path: Path
+) -> None:
+    response = client.post("/v1/fits", json=body(sampler={"draws": 200, "seed": 3}))
+    assert response.status_code == 202
+    fit = response.json()
+    assert response.headers["location"] == f"/v1/fits/{fit['id']}"
+    assert fit["status"] == "queued"
+    assert fit["n_obs"] == 5
+    assert fit["sampler"] == {
+        "draws": 200,
+        "tune": 1000,
+        "chains": 4,
+        "seed": 3,
+        "target_accept": 0.8,
+        "method": "nutpie",
+        "parameterization": "noncentered",
+        "adaptation": "diag",
+    }
+    assert dispatcher.fits == [fit["id"]]
+    assert (tmp_path / "fits" / fit["id"] / "spec.json").exists()
+    assert client.get(response.headers["location"]).json()["status"] == "queued"
+
+
+def test_records_and_columns_are_the_same_data(client: TestClient) -> None:
+    records = [{"school": 1, "score": 1.0}, {"school": 2, "score": 2.0}]
+    response = client.post("/v1/fits", json=body(data=records))
+    assert response.status_code == 202
+    assert response.json()["n_obs"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"formula": "score ~ (1 | "}, "formula", "bracket is not closed"),
+        (
+            {"formula": "score ~ school g"},
+            "formula",
+            "unexpected text after a complete formula: 'g'",
+        ),
+        ({"formula": "score ~ (1 | klass)"}, "formula", "'klass' is not a column of the data"),
+        ({"data": []}, "data", "no rows"),
+        ({"data": {}}, "data", "no rows"),
+        ({"data": {"school": [1, 2], "score": [1.0]}}, "data", "equal lengths"),
+        (
+            {"data": [{"school": 1, "score": 1.0}, {"school": 2}]},
+            "data[1]",
+            "lacks ['score']",
+        ),
+        ({"family": "weibull"}, "family", "not supported"),
+        ({"sampler": {"draws": 10_000}}, "sampler.draws", "above the limit of 5000"),
+        ({"sampler": {"chains": 0}}, "sampler.chains", "greater than or equal to 1"),
+        ({"sampler": {"method": "gibbs"}}, "sampler.method", "nutpie"),
+        ({"data": {"school": [1, 2], "score": [1.0, None]}}, "data.score", "1 missing values"),
+        ({"data": {"school": [1, 2], "score": ["a", "b"]}}, "data.score", "must be numeric"),
+        ({"data": {"school": list(range(1001)), "score": [0.0] * 1001}}, "data", "limit is 1000"),
+        ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_requests_get_a_422_naming_the_field_and_nothing_is_queued(
+    client: TestClient,
+    dispatcher: RecordingDispatcher,
+    overrides: dict[str, Any],
+    field: str,
+    message: str,
+) -> None:
+    response = client.post("/v1/fits", json=body(**overrides))
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+    problem = response.json()
+    assert problem["status"] == 422
+    assert any(e["field"] == field and message in e["message"] for e in problem["errors"]), problem
+    assert dispatcher.fits == []
+    assert client.get("/v1/fits").json() == []
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(
+    client: TestClient, dispatcher: RecordingDispatcher, value: str
+) -> None:
+    raw = '{"data": {"school": [1, 2], "score": [1.0, %s]}, "formula": "score ~ (1|school)"}'
+    response = client.post(
+        "/v1/fits", content=(raw % value).encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"field": "data.score", "message": "1 values are not finite numbers"}
+    ]
+    assert dispatcher.fits == []
+
+
+def test_refusals_do_not_echo_large_inputs(client: TestClient) -> None:
+    huge = "score ~ " + " + ".join(["school"] * 2000)
+    response = client.post("/v1/fits", json=body(formula=huge))
+    assert response.status_code == 422
+    assert len(response.text) < 1000
+
+
+def test_a_body_that_is_not_json_is_a_422(client: TestClient) -> None:
+    response = client.post(
+        "/v1/fits", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.parametrize("fit_id", ["0" * 32, "nope", "../../etc/passwd"])
+def test_unknown_fits_are_404(client: TestClient, fit_id: str) -> None:
+    for path in ("", "/summary", "/diagnostics", "/groups/school"):
+        response = client.get(f"/v1/fits/{fit_id}{path}")
+        assert response.status_code == 404, path
+        assert response.headers["content-type"] == PROBLEM
+
+
+def test_results_of_a_queued_fit_are_409(client: TestClient) -> None:
+    location = client.post("/v1/fits", json=body()).headers["location"]
+    for path in ("/summary", "/diagnostics", "/groups/school"):
+        response = client.get(location + path)
+        assert response.status_code == 409
+        assert "queued" in response.json()["detail"]
+    response = client.post(location + "/predictions", json={"data": {"school": [1]}})
+    assert response.status_code == 409
+
+
+def test_summary_interval_must_be_a_probability(client: TestClient) -> None:
+    location = client.post("/v1/fits", json=body()).headers["location"]
+    response = client.get(location + "/summary", params={"prob": 1.5})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "prob"
+
+
+def test_when_redis_is_down_the_api_answers_503_with_retry_after(tmp_path: Path) -> None:
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path))
+    with TestClient(app) as down:
+        response = down.get("/v1/fits/" + "0" * 32)
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert response.headers["content-type"] == PROBLEM
+        assert down.get("/v1/healthz").status_code == 200
+
+
+def test_the_api_does_not_import_the_modelling_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, service.api.app;"
+        "heavy = [m for m in ('bambi', 'pymc', 'arviz', 'nutpie', 'worker') if m in sys.modules];"
+        "print(heavy); sys.exit(bool(heavy))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,113 @@
+"""A client's formula is untrusted text: it is parsed, never executed, and refused unless
+every piece of it is in the service's language."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.core.errors import InvalidRequest
+from service.core.formula import check_formula
+
+COLUMNS = {"y", "x", "z", "g", "h", "weird name", "score", "school"}
+
+
+@pytest.mark.parametrize(
+    ("formula", "response", "predictors", "factors"),
+    [
+        ("score ~ (1 | school)", "score", {"school"}, [["school"]]),
+        ("y ~ x + (x | g)", "y", {"x", "g"}, [["g"]]),
+        ("y ~ 0 + x", "y", {"x"}, []),
+        ("y ~ -1 + x", "y", {"x"}, []),
+        ("y ~ x * z + (1 | g/h)", "y", {"x", "z", "g", "h"}, [["g", "h"]]),
+        ("y ~ (1 | g) + (1 | g:h)", "y", {"g", "h"}, [["g"], ["g", "h"]]),
+        ("y ~ log(x) + scale(z) + C(g) + I(x ** 2) + center(x)", "y", {"x", "z", "g"}, []),
+        ("y ~ (x + z) ** 2", "y", {"x", "z"}, []),
+        ("y ~ `weird name` + x", "y", {"weird name", "x"}, []),
+        ("log(y) ~ x", "y", {"x"}, []),
+        ("y ~ I((x - 2) / 3) + exp(-x) + sqrt(abs(z))", "y", {"x", "z"}, []),
+    ],
+)
+def test_accepted_formulas_report_what_they_use(
+    formula: str, response: str, predictors: set[str], factors: list[list[str]]
+) -> None:
+    info = check_formula(formula, COLUMNS)
+    assert info.response == response
+    assert info.predictors == predictors
+    assert info.group_factors == factors
+
+
+@pytest.mark.parametrize(
+    ("formula", "message"),
+    [
+        ("score ~ (1 | schol)", "'schol' is not a column"),
+        ("scor ~ (1 | school)", "'scor' is not a column"),
+        ("y ~ x g", "unexpected text after a complete formula: 'g'"),
+        ("y ~ x + ", "could not be parsed"),
+        ("y ~ x +* z", "could not be parsed"),
+        ("y x", "unexpected text after a complete formula: 'x'"),
+        ("y", "needs a response and '~'"),
+        ("", "empty"),
+        ("y ~ x | g", "must be in parentheses"),
+        ("y ~ (1 | log(g))", "grouping factor must be a column"),
+        ("y ~ 2 + x", "cannot stand as a term"),
+    ],
+)
+def test_refused_formulas_name_the_offending_piece(formula: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_formula(formula, COLUMNS)
+    assert caught.value.errors[0].field == "formula"
+    assert message in caught.value.errors[0].message
+
+
+MARKER = Path("/tmp/hbm-service-formula-marker")
+
+HOSTILE = [
+    # attribute chains and dunder names that lead to exec through formulae's transforms
+    "y ~ C.__globals__",
+    "y ~ C.__class__.__init__.__globals__['__builtins__']['exec']('open(\"/tmp/hbm-service-formula-marker\",\"w\")')",  # noqa: E501
+    "y ~ I.__globals__['__builtins__'].exec('open(\"/tmp/hbm-service-formula-marker\",\"w\")')",
+    "y ~ x + __import__('os').system('touch /tmp/hbm-service-formula-marker')",
+    "y ~ __builtins__",
+    # dotted module paths reachable from the caller's namespace
+    "y ~ os.system('touch /tmp/hbm-service-formula-marker')",
+    "y ~ np.exp(x)",
+    "y ~ pd.eval('x')",
+    "y ~ bmb.Model",
+    # calls outside the allow-list, calls on calls, keyword arguments, strings
+    'y ~ exec(\'open("/tmp/hbm-service-formula-marker","w")\')',
+    "y ~ eval('1')",
+    "y ~ open('/tmp/hbm-service-formula-marker', 'w')",
+    "y ~ I(x)(x)",
+    "y ~ scale(x)(1)",
+    "y ~ log(x, base=x)",
+    "y ~ C(x, 'open')",
+    "y ~ {x.__class__}",
+    "exec('1') ~ x",
+    # huge powers, non-numeric constants
+    "y ~ I(x ** 100000)",
+    "y ~ (x + z) ** 99",
+    "y ~ I(x ** x)",
+    "y ~ True",
+    "y ~ I(x * 1e300)",
+    # trailing junk, deep nesting, too many parts, unterminated backquote (loops formulae)
+    "y ~ x ; import os",
+    "y ~ x g h",
+    "y ~ " + "(" * 200 + "x" + ")" * 200,
+    "y ~ " + "log(" * 30 + "x" + ")" * 30,
+    "y ~ " + " + ".join(["x"] * 400),
+    "y ~ `x",
+    "y ~ x" + " " * 10_000,
+]
+
+
+@pytest.mark.parametrize("formula", HOSTILE)
+def test_hostile_formulas_are_refused_and_nothing_runs(formula: str) -> None:
+    MARKER.unlink(missing_ok=True)
+    with pytest.raises(InvalidRequest) as caught:
+        check_formula(formula, COLUMNS)
+    message = caught.value.errors[0].message
+    assert caught.value.errors[0].field == "formula"
+    assert len(message) < 200, "refusals are short and never echo the whole input"
+    assert not MARKER.exists()
