@@ -32,14 +32,16 @@ test-unit: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
+LINTED := $(wildcard service worker tests bench examples)
+
 lint: $(STAMP)  ## ruff and mypy, as CI runs them
-	$(BIN)/ruff check service worker tests bench examples
-	$(BIN)/ruff format --check service worker tests bench examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 format: $(STAMP)
-	$(BIN)/ruff format service worker tests bench examples
-	$(BIN)/ruff check --fix service worker tests bench examples
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 bench: $(STAMP)  ## benchmarks side by side with peers; results under bench/results/
 	$(BIN)/python -m bench
