@@ -19,11 +19,12 @@ from service.core import tasks
 from service.core.artifacts import Artifacts
 from service.core.errors import FitFailed, InvalidRequest, NotFound
 from service.core.jobs import JobStore, is_fit_id, utcnow
-from service.core.schemas import FitError, FitStatus, Progress, Timings
+from service.core.schemas import FitError, FitSpec, FitStatus, Progress, Timings
 from service.core.settings import Settings, get_settings
 from worker.celery_app import app
 from worker.modeling.building import build_model, frame
 from worker.modeling.cache import FittedModel, FittedModelCache
+from worker.modeling.describe import describe, priors_used
 from worker.modeling.prediction import predict
 from worker.modeling.sampling import PROGRESS_INTERVAL_S, sample
 from worker.modeling.storage import save_posterior
@@ -116,10 +117,11 @@ def run_fit(fit_id: str, ctx: Context) -> None:
             "summary.json": summarize(model, result.posterior, fit_id, kind, prob),
             "groups.json": group_effects(model, result.posterior, fit_id, kind, prob),
             "diagnostics.json": diagnose(model, result.posterior, result.sample_stats, fit_id),
+            "priors.json": {"fit_id": fit_id, "priors": priors_used(model)},
         }
         for name, body in results.items():
             ctx.artifacts.write_json(fit_id, name, body)
-        ctx.cache.put(fit_id, FittedModel(model, result.posterior, result.sample_stats))
+        ctx.cache.put(fit_id, FittedModel(spec, model, result.posterior, result.sample_stats))
         timings.build_s = result.build_s
         timings.compile_s = result.compile_s
         timings.sampling_s = result.sampling_s
@@ -154,6 +156,10 @@ def _reply(reply_key: str, compute: Callable[[], Any]) -> None:
     """Run ``compute`` and push its answer, or the error as data, to ``reply_key``."""
     try:
         message: dict[str, Any] = {"ok": compute()}
+    except FitFailed as exc:
+        error = InvalidRequest.one("formula", exc.message)
+        errors = [{"field": e.field, "message": e.message} for e in error.errors]
+        message = {"error": {"status": 422, "detail": error.detail, "errors": errors}}
     except InvalidRequest as exc:
         errors = [{"field": e.field, "message": e.message} for e in exc.errors]
         message = {"error": {"status": 422, "detail": exc.detail, "errors": errors}}
@@ -187,7 +193,7 @@ def predict_task(payload: dict[str, Any], reply_key: str) -> None:
         body = predict(
             fitted.model,
             fitted.posterior,
-            frame(payload["columns"]),
+            frame(payload["columns"], fitted.spec),
             kind=payload["kind"],
             interval_kind=payload["interval"],
             prob=payload["prob"],
@@ -208,5 +214,16 @@ def results_task(payload: dict[str, Any], reply_key: str) -> None:
         return shape(
             fitted.model, fitted.posterior, payload["fit_id"], payload["interval"], payload["prob"]
         )
+
+    _reply(reply_key, compute)
+
+
+@app.task(name=tasks.DESCRIBE, acks_late=False)
+def describe_task(payload: dict[str, Any], reply_key: str) -> None:
+    """Build (but do not sample) a model and describe it: the dry run."""
+
+    def compute() -> Any:
+        spec = FitSpec.model_validate(payload["spec"])
+        return {**describe(build_model(spec)), "n_dropped": spec.n_dropped}
 
     _reply(reply_key, compute)

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query, Response, status
 from service.api.deps import Services, ServicesDep
 from service.core import tasks
 from service.core.errors import NotFound, NotReady
-from service.core.formula import check_formula
 from service.core.jobs import is_fit_id, new_fit_id
 from service.core.schemas import (
     DEFAULT_PROB,
@@ -20,8 +19,10 @@ from service.core.schemas import (
     GroupEffects,
     Health,
     IntervalKind,
+    ModelDescription,
     PredictionRequest,
     Predictions,
+    Priors,
     Summary,
 )
 from service.core.validation import validate_fit_request, validate_prediction_data
@@ -106,19 +107,38 @@ def get_diagnostics(fit_id: str, services: ServicesDep) -> Diagnostics:
     return Diagnostics.model_validate(services.artifacts.read_json(fit_id, "diagnostics.json"))
 
 
+@router.get("/fits/{fit_id}/priors", tags=["results"])
+def get_priors(fit_id: str, services: ServicesDep) -> Priors:
+    """Every prior the fit used, Bambi's data-scaled defaults included."""
+    _succeeded(services, fit_id)
+    return Priors.model_validate(services.artifacts.read_json(fit_id, "priors.json"))
+
+
 @router.post("/fits/{fit_id}/predictions", tags=["results"])
 def predict(fit_id: str, request: PredictionRequest, services: ServicesDep) -> Predictions:
     """Predict new rows, for groups seen in training or new ones."""
     _succeeded(services, fit_id)
     spec = services.artifacts.read_spec(fit_id)
-    info = check_formula(spec.formula, spec.columns, max_length=len(spec.formula))
-    columns = validate_prediction_data(request.data, info, services.settings)
+    columns = validate_prediction_data(request.data, spec, services.settings)
     payload = {
         "fit_id": fit_id,
         "columns": columns,
         **request.model_dump(exclude={"data"}),
     }
     return Predictions.model_validate(services.dispatcher.call(tasks.PREDICT, payload))
+
+
+@router.post(
+    "/models/validate",
+    tags=["models"],
+    responses={422: {"description": "The model was refused; the problem names the field."}},
+)
+def validate_model(request: FitRequest, services: ServicesDep) -> ModelDescription:
+    """Dry run: check a fit request and describe the model (terms, groups, parameters,
+    priors) without sampling."""
+    spec, _ = validate_fit_request(request, services.settings)
+    body = services.dispatcher.call(tasks.DESCRIBE, {"spec": spec.model_dump(mode="json")})
+    return ModelDescription.model_validate(body)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -157,5 +177,6 @@ def _with_links(record: FitResource) -> FitResource:
             "summary": f"{base}/summary",
             "diagnostics": f"{base}/diagnostics",
             "predictions": f"{base}/predictions",
+            "priors": f"{base}/priors",
         }
     return record

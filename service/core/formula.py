@@ -29,10 +29,13 @@ from service.core.errors import InvalidRequest
 
 #: Calls a predictor may use. Each is a pure numeric transform or a formulae marker.
 PREDICTOR_CALLS = frozenset(
-    {"log", "log2", "log10", "exp", "sqrt", "abs", "scale", "center", "standardize", "C", "I"}
-)
-#: Calls a response may use.
-RESPONSE_CALLS = frozenset({"log", "log2", "log10", "exp", "sqrt", "abs", "I"})
+    {
+        "log", "log2", "log10", "exp", "sqrt", "abs",
+        "scale", "center", "standardize", "C", "I", "offset",
+    }
+)  # fmt: skip
+#: Calls a response may use; ``p(successes, trials)`` is the binomial response.
+RESPONSE_CALLS = frozenset({"log", "log2", "log10", "exp", "sqrt", "abs", "I", "p"})
 
 MAX_NESTING = 12
 MAX_NODES = 300
@@ -52,11 +55,13 @@ class FormulaInfo:
     response: str
     predictors: set[str] = field(default_factory=set)
     group_factors: list[list[str]] = field(default_factory=list)
+    trials: str | int | None = None  # binomial ``p(successes, trials)``: a column or a number
 
     @property
     def variables(self) -> set[str]:
         """Every data column the formula uses, response included."""
-        return {self.response, *self.predictors}
+        trials = {self.trials} if isinstance(self.trials, str) else set()
+        return {self.response, *self.predictors, *trials}
 
     @property
     def factor_columns(self) -> set[str]:
@@ -65,9 +70,18 @@ class FormulaInfo:
 
 
 def check_formula(
-    formula: str, columns: Collection[str], *, max_length: int = 500, field_name: str = "formula"
+    formula: str,
+    columns: Collection[str],
+    *,
+    max_length: int = 500,
+    field_name: str = "formula",
+    parameter: str | None = None,
 ) -> FormulaInfo:
-    """Check ``formula`` against the data's ``columns``; raise InvalidRequest if refused."""
+    """Check ``formula`` against the data's ``columns``; raise InvalidRequest if refused.
+
+    With ``parameter``, the formula is a distributional one (``sigma ~ x``): its left side
+    must be that parameter's name instead of a column.
+    """
 
     def refuse(message: str) -> InvalidRequest:
         return InvalidRequest.one(field_name, message)
@@ -94,13 +108,26 @@ def check_formula(
     if not (isinstance(tree, Binary) and tree.operator.kind == "TILDE"):
         raise refuse("a formula needs a response and '~', as in 'y ~ x + (1 | g)'")
     walker = _Walker(set(columns), refuse)
-    response = walker.response(tree.left)
+    if parameter is None:
+        response = walker.response(tree.left)
+    elif isinstance(tree.left, Variable) and tree.left.name.lexeme == parameter:
+        response = parameter
+    else:
+        raise refuse(f"the left side must be '{parameter}'")
     walker.model_terms(tree.right, depth=0)
     return FormulaInfo(
         response=response,
         predictors=walker.names,
         group_factors=walker.group_factors,
+        trials=walker.trials,
     )
+
+
+def term_names(formula: str) -> list[str]:
+    """Bambi's names for the terms of a checked formula (``Intercept``, ``x``, ``1|g``...)."""
+    from formulae import model_description
+
+    return [str(term.name) for term in model_description(formula).terms]
 
 
 def _check_brackets(formula: str, refuse: _Refuse) -> None:
@@ -137,6 +164,7 @@ class _Walker:
         self.refuse = refuse
         self.names: set[str] = set()
         self.group_factors: list[list[str]] = []
+        self.trials: str | int | None = None
         self.nodes = 0
 
     def _count(self) -> None:
@@ -170,6 +198,8 @@ class _Walker:
             return self.column(node)
         if isinstance(node, Call):
             name = self.call_name(node, RESPONSE_CALLS)
+            if name == "p":
+                return self.binomial_response(node)
             outer, self.names = self.names, set()
             for arg in node.args:
                 self.arithmetic(arg, 1)
@@ -178,6 +208,21 @@ class _Walker:
                 raise self.refuse(f"the response '{name}(...)' must use exactly one column")
             return used.pop()
         raise self.refuse("the response must be a column name, like 'score ~ ...'")
+
+    def binomial_response(self, node: Call) -> str:
+        """``p(successes, trials)``: a column, then a column or a whole number."""
+        if len(node.args) != 2 or not isinstance(node.args[0], Variable | QuotedName):
+            raise self.refuse("a binomial response is written 'p(successes, trials)'")
+        successes = self.column(node.args[0])
+        trials = node.args[1]
+        if isinstance(trials, Variable | QuotedName):
+            self.trials = self.column(trials)
+        elif _is_literal(trials, range(1, 10**9)):
+            assert isinstance(trials, Literal)
+            self.trials = int(trials.value)
+        else:
+            raise self.refuse("binomial trials must be a column or a whole number above 0")
+        return successes
 
     def call_name(self, node: Call, allowed: frozenset[str]) -> str:
         """The callee of an allow-listed call; anything else is refused."""

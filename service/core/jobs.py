@@ -67,6 +67,7 @@ class JobStore:
             "family": spec.family,
             "name": spec.name,
             "n_obs": len(next(iter(spec.columns.values()))),
+            "n_dropped": spec.n_dropped,
             "sampler": spec.sampler.model_dump(),
             "created_at": now.isoformat(),
         }
@@ -100,6 +101,7 @@ class JobStore:
             formula=meta["formula"],
             family=meta["family"],
             n_obs=meta["n_obs"],
+            n_dropped=meta.get("n_dropped", 0),
             sampler=ResolvedSampler(**meta["sampler"]),
             created_at=datetime.fromisoformat(meta["created_at"]),
             started_at=_time(fields.get("started_at")),

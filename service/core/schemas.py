@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,14 +66,49 @@ class ResolvedSampler(BaseModel):
     adaptation: Adaptation = "diag"
 
 
-class FitRequest(Strict):
-    """A model to fit: data, a Bambi formula and a family."""
+class PriorSpec(Strict):
+    """A prior in Bambi's vocabulary: a distribution name and its parameters.
+
+    A parameter may itself be a prior (a hyperprior), as the SD of a group-level term
+    must be: ``{"dist": "Normal", "params": {"mu": 0, "sigma": {"dist": "HalfNormal",
+    "params": {"sigma": 1}}}}``.
+    """
+
+    dist: str = Field(examples=["Normal", "HalfNormal", "StudentT"])
+    params: dict[str, float | PriorSpec] = Field(default_factory=dict)
+
+
+class ModelRequest(Strict):
+    """A model: data, a Bambi formula, a family and optional priors."""
 
     data: Records | Columns = Field(
         description="Rows as a list of objects, or columns as an object of equal-length arrays."
     )
     formula: str = Field(examples=["score ~ (1 | school)"])
     family: str = Field(default="gaussian", description="Response distribution.")
+    link: str | None = Field(default=None, description="Link of the main parameter.")
+    priors: dict[str, PriorSpec] = Field(
+        default_factory=dict,
+        description="Priors by term name (Intercept, x, 1|g, sigma...); others keep "
+        "Bambi's defaults.",
+    )
+    distributional: dict[str, str] = Field(
+        default_factory=dict,
+        description='Formulas for auxiliary parameters, by name: {"sigma": "0 + offset(ls)"}.',
+    )
+    categorical: dict[str, list[Scalar] | None] = Field(
+        default_factory=dict,
+        description="Columns to treat as categorical; a list gives the order of the levels.",
+    )
+    na_action: Literal["error", "drop"] = Field(
+        default="error",
+        description="error: missing values in used columns are a 422; drop: drop those rows.",
+    )
+
+
+class FitRequest(ModelRequest):
+    """A model to fit, with sampler settings."""
+
     sampler: SamplerSettings = Field(default_factory=SamplerSettings)
     name: str | None = Field(default=None, max_length=200)
 
@@ -83,7 +118,12 @@ class FitSpec(BaseModel):
 
     formula: str
     family: str
+    link: str
+    priors: dict[str, PriorSpec] = Field(default_factory=dict)
+    distributional: dict[str, str] = Field(default_factory=dict)
+    categorical: dict[str, list[Scalar] | None] = Field(default_factory=dict)
     columns: dict[str, list[Scalar]]
+    n_dropped: int = 0
     sampler: ResolvedSampler
     name: str | None = None
 
@@ -148,6 +188,7 @@ class FitResource(BaseModel):
     formula: str
     family: str
     n_obs: int
+    n_dropped: int = Field(default=0, description="Incomplete rows dropped (na_action drop).")
     sampler: ResolvedSampler
     created_at: datetime
     started_at: datetime | None = None
@@ -288,6 +329,42 @@ class Predictions(BaseModel):
     kind: Literal["mean", "response"]
     interval: Interval
     rows: list[PredictedRow]
+
+
+class PriorUsed(BaseModel):
+    """A prior a model uses, default or requested; hyperpriors nest inside ``params``."""
+
+    term: str
+    kind: Literal["common", "group", "auxiliary"]
+    dist: str
+    params: dict[str, Any]
+
+
+class Priors(BaseModel):
+    """Every prior a fit used (as brms' prior_summary)."""
+
+    fit_id: str
+    priors: list[PriorUsed]
+
+
+class GroupInfo(BaseModel):
+    """A grouping factor: how many levels, which terms vary by it."""
+
+    factor: str
+    levels: int
+    terms: list[str]
+
+
+class ModelDescription(BaseModel):
+    """A dry run: what would be fitted, without sampling."""
+
+    formula: str
+    family: str
+    n_obs: int
+    n_dropped: int
+    n_parameters: int = Field(description="Free scalar parameters the sampler would explore.")
+    groups: list[GroupInfo]
+    priors: list[PriorUsed]
 
 
 class Health(BaseModel):

@@ -9,6 +9,7 @@ either ``{"ok": <body>}`` or ``{"error": {"status": <int>, "detail": ..., "error
 FIT = "hbm.fit"
 PREDICT = "hbm.predict"
 RESULTS = "hbm.results"
+DESCRIBE = "hbm.describe"
 
 #: How long a reply waits in Redis for the API to collect it.
 REPLY_TTL_S = 300

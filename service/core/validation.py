@@ -1,4 +1,4 @@
-"""Request validation beyond the schema: data shape, limits, formula and family.
+"""Request validation beyond the schema: data shape, limits, formula, family and priors.
 
 Everything here runs in the API before anything is queued, and the worker runs the formula
 check again before Bambi sees the text. Each problem becomes an InvalidRequest that names the
@@ -12,7 +12,9 @@ import secrets
 from collections.abc import Mapping, Sequence
 
 from service.core.errors import FieldError, InvalidRequest
-from service.core.formula import FormulaInfo, check_formula
+from service.core.families import Family, check_link, check_response, check_trials, family
+from service.core.formula import FormulaInfo, check_formula, term_names
+from service.core.priors import check_priors
 from service.core.schemas import (
     Columns,
     FitRequest,
@@ -22,9 +24,6 @@ from service.core.schemas import (
     Scalar,
 )
 from service.core.settings import Settings
-
-#: Families the service fits, and what their response must look like.
-FAMILIES: Mapping[str, str] = {"gaussian": "numeric"}
 
 
 def to_columns(
@@ -70,14 +69,21 @@ def _records_to_columns(records: Records, field: str) -> dict[str, list[Scalar]]
     return {name: [record[name] for record in records] for name in names}
 
 
-def check_values(columns: Mapping[str, Sequence[Scalar]], used: set[str], field: str) -> None:
-    """Refuse missing or non-finite values in the columns a model uses."""
+def check_values(
+    columns: Mapping[str, Sequence[Scalar]], used: set[str], field: str, *, allow_missing: bool
+) -> None:
+    """Refuse missing (unless allowed), non-finite or mixed-type values in used columns."""
     errors: list[FieldError] = []
     for name in sorted(used):
         values = columns[name]
         missing = sum(value is None for value in values)
-        if missing:
-            errors.append(FieldError(f"{field}.{name}", f"{missing} missing values"))
+        if missing and not allow_missing:
+            errors.append(
+                FieldError(
+                    f"{field}.{name}",
+                    f"{missing} missing values (send na_action 'drop' to drop those rows)",
+                )
+            )
         bad = sum(isinstance(v, float) and not math.isfinite(v) for v in values)
         if bad:
             errors.append(FieldError(f"{field}.{name}", f"{bad} values are not finite numbers"))
@@ -88,36 +94,94 @@ def check_values(columns: Mapping[str, Sequence[Scalar]], used: set[str], field:
         raise InvalidRequest(errors)
 
 
-def check_response(columns: Mapping[str, Sequence[Scalar]], response: str, family: str) -> None:
-    """The response must suit the family (gaussian: numbers, not text or booleans)."""
-    if FAMILIES[family] == "numeric":
-        values = columns[response]
-        if any(isinstance(v, bool | str) for v in values):
-            raise InvalidRequest.one(
-                f"data.{response}",
-                f"the response of a {family} model must be numeric; it holds text or booleans",
-            )
+def drop_incomplete(
+    columns: dict[str, list[Scalar]], used: set[str]
+) -> tuple[dict[str, list[Scalar]], int]:
+    """The used columns without the rows that miss a value in any of them."""
+    n = len(next(iter(columns.values())))
+    keep = [i for i in range(n) if all(columns[c][i] is not None for c in used)]
+    kept = {c: [columns[c][i] for i in keep] for c in sorted(used)}
+    return kept, n - len(keep)
 
 
 def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSpec, FormulaInfo]:
     """Check a fit request completely and return the normalised spec the worker will run."""
-    if request.family not in FAMILIES:
-        raise InvalidRequest.one(
-            "family", f"'{request.family[:40]}' is not supported; use one of {sorted(FAMILIES)}"
-        )
+    fam = family(request.family)
+    link = check_link(fam, request.link)
     columns = to_columns(request.data, max_rows=settings.max_rows, max_columns=settings.max_columns)
     info = check_formula(request.formula, columns, max_length=settings.max_formula_length)
-    check_values(columns, info.variables, "data")
-    check_response(columns, info.response, request.family)
-    sampler = _resolve_sampler(request, settings)
+    _check_binomial_form(fam, info)
+    used = set(info.variables)
+    terms = term_names(request.formula)
+    for parameter, rhs in request.distributional.items():
+        field = f"distributional.{parameter}"
+        if parameter not in fam.auxiliary:
+            raise InvalidRequest.one(
+                field, f"{fam.name} has no auxiliary parameter '{parameter[:40]}'"
+            )
+        formula = f"{parameter} ~ {rhs}"
+        extra = check_formula(
+            formula,
+            columns,
+            max_length=settings.max_formula_length,
+            field_name=field,
+            parameter=parameter,
+        )
+        used |= extra.predictors
+        terms += [f"{parameter}_{term}" for term in term_names(formula)]
+    _check_categorical(request.categorical, columns, used)
+    check_values(columns, used, "data", allow_missing=request.na_action == "drop")
+    kept, n_dropped = drop_incomplete(columns, used)
+    if not next(iter(kept.values())):
+        raise InvalidRequest.one("data", "no row is complete in the columns the model uses")
+    ordered = isinstance(request.categorical.get(info.response), list)
+    check_response(fam, info.response, kept[info.response], ordered=ordered)
+    if isinstance(info.trials, str):
+        check_trials(kept[info.response], kept[info.trials], info.trials)
+    auxiliary = [a for a in fam.auxiliary if a not in request.distributional]
+    check_priors(request.priors, terms=terms, auxiliary=auxiliary)
     spec = FitSpec(
         formula=request.formula,
-        family=request.family,
-        columns={name: columns[name] for name in sorted(info.variables)},
-        sampler=sampler,
+        family=fam.name,
+        link=link,
+        priors=request.priors,
+        distributional=request.distributional,
+        categorical=request.categorical,
+        columns=kept,
+        n_dropped=n_dropped,
+        sampler=_resolve_sampler(request, settings),
         name=request.name,
     )
     return spec, info
+
+
+def _check_binomial_form(fam: Family, info: FormulaInfo) -> None:
+    if fam.response == "binomial" and info.trials is None:
+        raise InvalidRequest.one(
+            "formula", "a binomial response is written 'p(successes, trials) ~ ...'"
+        )
+    if fam.response != "binomial" and info.trials is not None:
+        raise InvalidRequest.one("formula", "'p(successes, trials)' is for the binomial family")
+
+
+def _check_categorical(
+    categorical: Mapping[str, list[Scalar] | None],
+    columns: Mapping[str, Sequence[Scalar]],
+    used: set[str],
+) -> None:
+    for name, levels in categorical.items():
+        field = f"categorical.{name}"
+        if name not in used:
+            raise InvalidRequest.one(field, f"'{name[:60]}' is not a column the model uses")
+        if levels is None:
+            continue
+        if len(set(levels)) != len(levels):
+            raise InvalidRequest.one(field, "levels must be distinct")
+        unknown = {v for v in columns[name] if v is not None} - set(levels)
+        if unknown:
+            raise InvalidRequest.one(
+                field, f"{len(unknown)} values of the column are not among the listed levels"
+            )
 
 
 def _resolve_sampler(request: FitRequest, settings: Settings) -> ResolvedSampler:
@@ -148,14 +212,23 @@ def _resolve_sampler(request: FitRequest, settings: Settings) -> ResolvedSampler
 
 
 def validate_prediction_data(
-    data: Records | Columns, info: FormulaInfo, settings: Settings
+    data: Records | Columns, spec: FitSpec, settings: Settings
 ) -> dict[str, list[Scalar]]:
     """New rows must carry every predictor and factor column the model uses."""
     columns = to_columns(
         data, max_rows=settings.max_prediction_rows, max_columns=settings.max_columns
     )
-    missing = sorted(info.predictors - set(columns))
+    needed = set()
+    formulas = [(spec.formula, None)] + [
+        (f"{p} ~ {rhs}", p) for p, rhs in spec.distributional.items()
+    ]
+    for formula, parameter in formulas:
+        info = check_formula(formula, spec.columns, max_length=len(formula), parameter=parameter)
+        needed |= info.predictors
+        if info.trials is not None and isinstance(info.trials, str):
+            needed.add(info.trials)
+    missing = sorted(needed - set(columns))
     if missing:
         raise InvalidRequest.one("data", f"the new data lacks the columns {missing}")
-    check_values(columns, info.predictors, "data")
-    return {name: columns[name] for name in sorted(info.predictors)}
+    check_values(columns, needed, "data", allow_missing=False)
+    return {name: columns[name] for name in sorted(needed)}

@@ -2,31 +2,70 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import bambi as bmb
 import numpy as np
 import pandas as pd
+import pymc as pm
+import pytensor.tensor as pt
 
 from service.core.errors import FitFailed
 from service.core.formula import check_formula
-from service.core.schemas import FitSpec, Scalar
+from service.core.schemas import FitSpec, PriorSpec, Scalar
 
 #: Functions the allow-listed formula calls resolve to, beyond Bambi's own namespace.
 EXTRA_NAMESPACE = {"sqrt": np.sqrt}
 
 
-def frame(columns: dict[str, list[Scalar]]) -> pd.DataFrame:
-    """The data as a DataFrame, one column per entry."""
-    return pd.DataFrame(columns)
+def frame(columns: dict[str, list[Scalar]], spec: FitSpec | None = None) -> pd.DataFrame:
+    """The data as a DataFrame; columns the spec declares categorical become categoricals."""
+    data = pd.DataFrame(columns)
+    for name, levels in (spec.categorical if spec else {}).items():
+        if name not in data:
+            continue
+        if levels is None:
+            data[name] = pd.Categorical(data[name])
+        else:
+            data[name] = pd.Categorical(data[name], categories=levels, ordered=True)
+    if spec is not None and spec.family == "cumulative":
+        response = check_formula(spec.formula, spec.columns).response
+        if response in data and not isinstance(data[response].dtype, pd.CategoricalDtype):
+            data[response] = pd.Categorical(data[response], ordered=True)
+    return data
+
+
+def bambi_prior(spec: PriorSpec) -> bmb.Prior:
+    """A Bambi prior from an allow-listed spec (``Constant`` fixes a hyperparameter)."""
+    if spec.dist == "Constant":
+        value = float(spec.params["value"])  # type: ignore[arg-type]
+
+        def constant(label: str, *args: Any, **kwargs: Any) -> Any:
+            return pm.Deterministic(label, pt.constant(value))
+
+        return bmb.Prior("Constant", dist=constant, value=value)
+    params = {
+        key: bambi_prior(value) if isinstance(value, PriorSpec) else value
+        for key, value in spec.params.items()
+    }
+    return bmb.Prior(spec.dist, **params)
 
 
 def build_model(spec: FitSpec) -> bmb.Model:
-    """A Bambi model for ``spec``. The formula is checked again before Bambi sees it."""
+    """A Bambi model for ``spec``. Every formula is checked again before Bambi sees it."""
     check_formula(spec.formula, spec.columns, max_length=len(spec.formula))
+    extra = []
+    for parameter, rhs in spec.distributional.items():
+        formula = f"{parameter} ~ {rhs}"
+        check_formula(formula, spec.columns, max_length=len(formula), parameter=parameter)
+        extra.append(formula)
     try:
         return bmb.Model(
-            spec.formula,
-            frame(spec.columns),
+            bmb.Formula(spec.formula, *extra),
+            frame(spec.columns, spec),
             family=spec.family,
+            link=spec.link,
+            priors={term: bambi_prior(prior) for term, prior in spec.priors.items()},
             noncentered=spec.sampler.parameterization == "noncentered",
             extra_namespace=EXTRA_NAMESPACE,
         )

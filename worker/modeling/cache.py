@@ -9,6 +9,7 @@ import bambi as bmb
 import xarray as xr
 
 from service.core.artifacts import Artifacts
+from service.core.schemas import FitSpec
 from worker.modeling.building import build_model
 from worker.modeling.storage import load_posterior
 
@@ -17,6 +18,7 @@ from worker.modeling.storage import load_posterior
 class FittedModel:
     """What predictions and summaries need: the model and its draws."""
 
+    spec: FitSpec
     model: bmb.Model
     posterior: xr.Dataset
     sample_stats: xr.Dataset
@@ -37,7 +39,7 @@ class FittedModelCache:
             return self._items[fit_id]
         spec = self.artifacts.read_spec(fit_id)
         posterior, stats = load_posterior(self.artifacts, fit_id)
-        fitted = FittedModel(build_model(spec), posterior, stats)
+        fitted = FittedModel(spec, build_model(spec), posterior, stats)
         self.put(fit_id, fitted)
         return fitted
 

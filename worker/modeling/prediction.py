@@ -41,8 +41,7 @@ def predict(
     params: dict[str, xr.DataArray] = {}
     for name, component in model.conditional_parameters.items():
         eta = _linear_predictor(component, posterior, data, rng, status)
-        linkinv = model.family.link[name].linkinv
-        params[component.alias or name] = xr.apply_ufunc(linkinv, eta)
+        params[component.alias or name] = _response_scale(model, name, eta, posterior)
     extended = posterior.assign({k: v for k, v in params.items()}).assign_coords(
         {OBS: np.arange(n)}
     )
@@ -50,7 +49,17 @@ def predict(
     if kind == "mean":
         values = extended[parent]
     else:
-        values = model.family.posterior_predictive(model, extended, random_seed=rng, data=data)
+        # Bambi evaluates the whole response term on the new data (``p(y, n)`` needs ``y``):
+        # a placeholder fills response columns that new rows cannot have.
+        placeholders = {v: 0 for v in model.response_term.term.var_names if v not in data}
+        values = model.family.posterior_predictive(
+            model, extended, random_seed=rng, data=data.assign(**placeholders)
+        )
+    extra = [d for d in values.dims if d not in (*SAMPLE_DIMS, OBS)]
+    if extra:  # ordinal: category probabilities -> expected category position (0-based)
+        (category,) = extra
+        positions = xr.DataArray(np.arange(values.sizes[category]), dims=(category,))
+        values = (values * positions).sum(category)
     values = values.transpose(*SAMPLE_DIMS, OBS)
     bounds = interval(values, interval_kind, prob)
     mean = values.mean(SAMPLE_DIMS).values
@@ -69,6 +78,23 @@ def predict(
         for i in range(n)
     ]
     return {"kind": kind, "interval": {"kind": interval_kind, "prob": prob}, "rows": rows}
+
+
+def _response_scale(
+    model: bmb.Model, name: str, eta: xr.DataArray, posterior: xr.Dataset
+) -> xr.DataArray:
+    """Apply the family's inverse link and special cases, as Bambi's own predict does."""
+    family = model.family
+    if hasattr(family, "transform_linear_predictor"):
+        eta = family.transform_linear_predictor(model, eta, posterior)
+    linkinv = family.link[name].linkinv
+    kwargs = getattr(family, "INVLINK_KWARGS", {})
+    values: xr.DataArray = xr.apply_ufunc(linkinv, eta, kwargs=kwargs)
+    if hasattr(family, "transform_coords"):
+        values = family.transform_coords(model, values)
+    if hasattr(family, "transform_mean"):
+        values = family.transform_mean(model, values)
+    return values
 
 
 def _linear_predictor(

@@ -1,0 +1,176 @@
+"""In-process peers, each run in a fresh Python process: ``python -m bench.peers <name>``.
+
+The child fits the seed study, then prints one JSON line: its timings, the statistics of
+the three main parameters and its own peak RSS (``ru_maxrss``). A fresh process per peer
+keeps compile costs and peak memory honest; the on-disk PyTensor/Numba caches under
+``~/.pytensor`` are shared, as they are on any machine after its first fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.seed import CHAINS, DRAWS, FORMULA, ROOT, SEED, TUNE, as_dataset, posterior_stats
+
+#: Where a peer's JSON line starts, so stray library output on stdout is skipped.
+MARKER = "BENCH-RESULT "
+
+
+def _bambi_model() -> Any:
+    import bambi as bmb
+
+    from bench.seed import load_frame
+
+    return bmb.Model(FORMULA, load_frame(), family="gaussian")
+
+
+def bambi_nutpie() -> dict[str, Any]:
+    """Bambi's own ``fit(inference_method="nutpie")``, timed from model creation."""
+    started = time.perf_counter()
+    model = _bambi_model()
+    created = time.perf_counter()
+    idata = model.fit(
+        draws=DRAWS,
+        tune=TUNE,
+        chains=CHAINS,
+        inference_method="nutpie",
+        random_seed=SEED,
+        progressbar=False,
+    )
+    finished = time.perf_counter()
+    return {
+        "wall_s": finished - started,
+        "build_s": created - started,
+        "fit_s": finished - created,
+        **posterior_stats(as_dataset(idata["posterior"])),
+    }
+
+
+def nutpie_split() -> dict[str, Any]:
+    """What the service's worker does, without Celery or HTTP: build, compile, sample."""
+    import nutpie
+
+    started = time.perf_counter()
+    model = _bambi_model()
+    model.build()
+    built = time.perf_counter()
+    compiled = nutpie.compile_pymc_model(model.backend.model, var_names=_stored(model))
+    compiled_at = time.perf_counter()
+    trace = nutpie.sample(
+        compiled,
+        draws=DRAWS,
+        tune=TUNE,
+        chains=CHAINS,
+        cores=CHAINS,
+        seed=SEED,
+        save_warmup=False,
+        progress_bar=False,
+    )
+    finished = time.perf_counter()
+    return {
+        "wall_s": finished - started,
+        "build_s": built - started,
+        "compile_s": compiled_at - built,
+        "sampling_s": finished - compiled_at,
+        **posterior_stats(as_dataset(trace["posterior"])),
+    }
+
+
+def bambi_pymc() -> dict[str, Any]:
+    """Bambi with PyMC's default NUTS sampler, chains in parallel processes."""
+    cores = min(CHAINS, os.cpu_count() or 1)
+    started = time.perf_counter()
+    model = _bambi_model()
+    created = time.perf_counter()
+    idata = model.fit(
+        draws=DRAWS,
+        tune=TUNE,
+        chains=CHAINS,
+        cores=cores,
+        inference_method="pymc",
+        random_seed=SEED,
+        progressbar=False,
+    )
+    finished = time.perf_counter()
+    stats = as_dataset(idata["sample_stats"])
+    sampling_s = float(stats.attrs.get("sampling_time", float("nan")))
+    return {
+        "wall_s": finished - started,
+        "build_s": created - started,
+        "fit_s": finished - created,
+        "sampling_s": sampling_s,
+        "cores": cores,
+        **posterior_stats(as_dataset(idata["posterior"])),
+    }
+
+
+def _stored(model: Any) -> list[str]:
+    """Free parameters and deterministics without a per-row dimension (as the service)."""
+    pm_model = model.backend.model
+    names = [rv.name for rv in pm_model.free_RVs]
+    for det in pm_model.deterministics:
+        if "__obs__" not in pm_model.named_vars_to_dims.get(det.name, ()):
+            names.append(det.name)
+    return names
+
+
+PEERS: dict[str, Callable[[], dict[str, Any]]] = {
+    "bambi-nutpie-inprocess": bambi_nutpie,
+    "nutpie-direct-inprocess": nutpie_split,
+    "bambi-pymc": bambi_pymc,
+}
+
+
+def run_peer(name: str, timeout_s: float = 1800) -> dict[str, Any]:
+    """Run peer ``name`` in a fresh Python process; its result plus the process's wall time."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        completed = subprocess.run(
+            [sys.executable, "-m", "bench.peers", name],
+            cwd=ROOT,
+            stdout=out,
+            stderr=err,
+            timeout=timeout_s,
+            check=False,
+        )
+        process_s = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
+    if completed.returncode != 0 or not lines:
+        raise RuntimeError(f"peer {name} exited {completed.returncode}: {stderr[-1500:]}")
+    result: dict[str, Any] = json.loads(lines[-1][len(MARKER) :])
+    result["process_s"] = process_s
+    return result
+
+
+def main(argv: list[str]) -> None:
+    """Child entry point: fit with the named peer and print its result line."""
+    if len(argv) != 1 or argv[0] not in PEERS:
+        raise SystemExit(f"usage: python -m bench.peers {{{'|'.join(PEERS)}}}")
+    imports_started = time.perf_counter()
+    import bambi  # noqa: F401  (import time is reported apart from the fit)
+    import nutpie  # noqa: F401
+    import pymc  # noqa: F401
+
+    import_s = time.perf_counter() - imports_started
+    result = PEERS[argv[0]]()
+    result["import_s"] = import_s
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    result["peak_rss_children_mb"] = children or None
+    print(MARKER + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

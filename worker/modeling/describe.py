@@ -1,0 +1,56 @@
+"""What a model is, without sampling: its terms, groups, parameter count and priors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bambi as bmb
+import numpy as np
+
+from worker.modeling.summaries import group_terms
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, bmb.Prior):
+        return prior_dict(value)
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return type(value).__name__  # e.g. the Ordered transform of ordinal thresholds
+    return float(array) if array.ndim == 0 else array.tolist()
+
+
+def prior_dict(prior: bmb.Prior) -> dict[str, Any]:
+    """A Bambi prior as ``{"dist": ..., "params": {...}}`` (hyperpriors nested)."""
+    return {"dist": prior.name, "params": {k: _value(v) for k, v in prior.args.items()}}
+
+
+def priors_used(model: bmb.Model) -> list[dict[str, Any]]:
+    """Every prior the model uses, defaults included (as brms' ``prior_summary``)."""
+    rows: list[dict[str, Any]] = []
+    for component in model.conditional_parameters.values():
+        for term in component.terms.values():
+            kind = "group" if "|" in term.name else "common"
+            rows.append({"term": term.name, "kind": kind, **prior_dict(term.prior)})
+    for name, component in model.marginal_parameters.items():
+        rows.append({"term": name, "kind": "auxiliary", **prior_dict(component.prior)})
+    return rows
+
+
+def describe(model: bmb.Model) -> dict[str, Any]:
+    """The dry run's answer: terms, grouping factors with level counts, parameters, priors."""
+    model.build()
+    free = model.backend.model.free_RVs
+    n_parameters = sum(int(np.prod(rv.shape.eval())) for rv in free)
+    groups = [
+        {"factor": factor, "levels": len(terms[0].groups), "terms": [t.name for t in terms]}
+        for factor, terms in group_terms(model).items()
+    ]
+    return {
+        "formula": str(model.formula.main),
+        "family": model.family.name,
+        "n_obs": len(model.data),
+        "n_parameters": n_parameters,
+        "groups": groups,
+        "priors": priors_used(model),
+    }
