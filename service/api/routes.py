@@ -17,6 +17,8 @@ from service.core.schemas import (
     FitResource,
     FitStatus,
     GroupEffects,
+    GroupFactors,
+    GroupInfo,
     Health,
     IntervalKind,
     ModelDescription,
@@ -83,6 +85,21 @@ def get_summary(
     """Posterior mean, sd, interval and MCSE of every parameter."""
     body = _results(services, fit_id, "summary", interval, prob)
     return Summary.model_validate(body)
+
+
+@router.get("/fits/{fit_id}/groups", tags=["results"])
+def list_groups(fit_id: str, services: ServicesDep) -> GroupFactors:
+    """The grouping factors of a fit, with their level counts and terms."""
+    groups = _results(services, fit_id, "groups", "hdi", DEFAULT_PROB)
+    factors = [
+        GroupInfo(
+            factor=name,
+            levels=len(body["levels"]),
+            terms=sorted({e["term"] for level in body["levels"] for e in level["effects"]}),
+        )
+        for name, body in groups.items()
+    ]
+    return GroupFactors(fit_id=fit_id, factors=factors)
 
 
 @router.get("/fits/{fit_id}/groups/{factor}", tags=["results"])

@@ -355,6 +355,13 @@ class GroupInfo(BaseModel):
     terms: list[str]
 
 
+class GroupFactors(BaseModel):
+    """The grouping factors of a fit."""
+
+    fit_id: str
+    factors: list[GroupInfo]
+
+
 class ModelDescription(BaseModel):
     """A dry run: what would be fitted, without sampling."""
 

@@ -30,6 +30,8 @@ def priors_used(model: bmb.Model) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for component in model.conditional_parameters.values():
         for term in component.terms.values():
+            if not isinstance(term.prior, bmb.Prior):
+                continue  # an offset: a fixed column, no parameter
             kind = "group" if "|" in term.name else "common"
             rows.append({"term": term.name, "kind": kind, **prior_dict(term.prior)})
     for name, component in model.marginal_parameters.items():

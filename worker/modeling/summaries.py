@@ -9,6 +9,7 @@ Per-level group effects are served by the groups resource, not the summary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,9 @@ def _rows(
             coords = {d: ds[d].values[i] for d, i in where.items()}
             row: dict[str, Any] = {"name": str(name), "level": _label(coords)}
             for stat, values in stats.items():
-                row[stat] = float(values[name].isel(where))
+                value = float(values[name].isel(where))
+                # A fixed quantity (a Constant hyperprior) has no Monte Carlo error.
+                row[stat] = value if math.isfinite(value) or stat == "r_hat" else 0.0
             lower_upper = bounds[name].isel(where)
             row["lower"] = float(lower_upper.sel(ci_bound="lower"))
             row["upper"] = float(lower_upper.sel(ci_bound="upper"))
@@ -201,7 +204,11 @@ def diagnose(
     """R-hat, ESS and sampler checks with a verdict and plain-language warnings."""
     roles = parameter_roles(model)
     group_names = [get_aliased_name(t) for ts in group_terms(model).values() for t in ts]
-    names = [n for n in [*roles, *group_names] if n in posterior]
+    names = [
+        n
+        for n in [*roles, *group_names]
+        if n in posterior and float(posterior[n].std()) > 0  # constants have no diagnostics
+    ]
     rows = _rows(posterior[names], *DEFAULT_INTERVAL, diagnostics=True)
     chains = posterior.sizes["chain"]
     draws = posterior.sizes["draw"]

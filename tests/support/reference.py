@@ -1,0 +1,80 @@
+"""Reference posteriors computed with Stan by others (copied from the shared folder), and
+how to compare a fit's summaries with them through the HTTP API.
+
+Each reference parameter carries a Bambi expression: ``Intercept``, ``1|school_sigma``
+(summary parameters), ``Intercept + 1|school[s1]`` (a level's total, the groups resource's
+``coef``), ``1|student[0]`` (a level's ``ranef``) or ``-(1|question[84])`` (its negation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FOLDER = Path(__file__).resolve().parents[1] / "data" / "reference"
+
+_LEVEL = re.compile(r"^(?P<neg>-\()?(?P<term>[^\[]+)\[(?P<level>[^\]]+)\]\)?$")
+
+
+def load(name: str) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The problem's data columns and its reference parameters."""
+    data = json.loads((FOLDER / f"{name}.data.json").read_text())["columns"]
+    reference = json.loads((FOLDER / f"{name}.reference.json").read_text())["params"]
+    return data, reference
+
+
+@dataclass
+class Comparison:
+    """One reference parameter next to the fit."""
+
+    name: str
+    expression: str
+    z: float  # |mean_fit - mean_ref| / sd_ref
+    ratio: float  # sd_fit / sd_ref
+
+
+def fitted_estimates(client: httpx.Client, location: str) -> dict[str, dict[str, float]]:
+    """Every estimate the API serves, keyed by its Bambi expression."""
+    estimates: dict[str, dict[str, float]] = {}
+    for p in client.get(f"{location}/summary").json()["parameters"]:
+        key = p["name"] if p["level"] is None else f"{p['name']}[{p['level']}]"
+        estimates[key] = p
+    for factor in client.get(f"{location}/groups").json()["factors"]:
+        groups = client.get(f"{location}/groups/{factor['factor']}").json()
+        for level in groups["levels"]:
+            for effect in level["effects"]:
+                term = effect["term"]
+                expr = term.split("|")[0]
+                fixed = "Intercept" if expr == "1" else expr
+                estimates[f"{term}[{level['level']}]"] = effect["ranef"]
+                estimates[f"{fixed} + {term}[{level['level']}]"] = effect["coef"]
+    return estimates
+
+
+def compare(
+    estimates: dict[str, dict[str, float]], reference: dict[str, Any]
+) -> list[Comparison]:
+    """Every reference parameter compared with the fit's estimate of its expression."""
+    rows = []
+    for name, ref in reference.items():
+        expression = ref["bambi"]
+        sign = 1.0
+        match = _LEVEL.match(expression)
+        if match and match["neg"]:
+            sign = -1.0
+            expression = f"{match['term']}[{match['level']}]"
+        fit = estimates[expression]
+        rows.append(
+            Comparison(
+                name=name,
+                expression=ref["bambi"],
+                z=abs(sign * fit["mean"] - ref["mean"]) / ref["sd"],
+                ratio=fit["sd"] / ref["sd"],
+            )
+        )
+    return rows
