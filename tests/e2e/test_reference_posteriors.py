@@ -47,9 +47,7 @@ def problem(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
         }
     elif name == "radon_contextual_effects_mn_halfnormal":
         request = {
-            "data": {
-                k: data[k] for k in ("log_radon", "log_uranium", "floor", "floor_by_county")
-            }
+            "data": {k: data[k] for k in ("log_radon", "log_uranium", "floor", "floor_by_county")}
             | {"county": strings(data["county"])},
             "formula": "log_radon ~ 1 + log_uranium + floor + floor_by_county + (1|county)",
             "priors": {
@@ -114,8 +112,10 @@ def test_reference_posterior_is_reproduced(client: httpx.Client, name: str) -> N
     assert len(rows) == len(reference)
     worst_z = max(rows, key=lambda r: r.z)
     worst_ratio = max(rows, key=lambda r: abs(r.ratio - 1))
-    print(f"{name}: max z {worst_z.z:.3f} ({worst_z.name}), sd ratios "
-          f"{min(r.ratio for r in rows):.3f}-{max(r.ratio for r in rows):.3f}")
+    print(
+        f"{name}: max z {worst_z.z:.3f} ({worst_z.name}), sd ratios "
+        f"{min(r.ratio for r in rows):.3f}-{max(r.ratio for r in rows):.3f}"
+    )
     assert worst_z.z <= 0.1, worst_z
     assert abs(worst_ratio.ratio - 1) <= 0.15, worst_ratio
 

@@ -56,9 +56,7 @@ def fitted_estimates(client: httpx.Client, location: str) -> dict[str, dict[str,
     return estimates
 
 
-def compare(
-    estimates: dict[str, dict[str, float]], reference: dict[str, Any]
-) -> list[Comparison]:
+def compare(estimates: dict[str, dict[str, float]], reference: dict[str, Any]) -> list[Comparison]:
     """Every reference parameter compared with the fit's estimate of its expression."""
     rows = []
     for name, ref in reference.items():

@@ -101,6 +101,11 @@ def sample(
                 report(_progress(snapshot))
             time.sleep(PROGRESS_INTERVAL_S)
         trace = run.wait()
+        # Bambi's own post-processing, as Model.fit applies it: among others, it turns the
+        # intercept of centred predictors back into the intercept of the model as written.
+        trace = model.backend._clean_results(
+            trace, omit_offsets=False, include_response_params=False
+        )
     except FitFailed:
         raise
     except Exception as exc:
