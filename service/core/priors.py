@@ -60,6 +60,11 @@ def check_priors(
             errors.append(FieldError(field, f"the model has no term '{name[:60]}'; it has {known}"))
             continue
         errors += _check(prior, field, hyper=False)
+        nested = [k for k, v in prior.params.items() if isinstance(v, PriorSpec)]
+        if nested and "|" not in name:
+            errors.append(
+                FieldError(f"{field}.{nested[0]}", "only group-level terms take hyperpriors")
+            )
         if "|" in name:
             errors += _check_group_prior(prior, field)
         elif name in auxiliary and prior.dist in DISTRIBUTIONS and not _positive(prior):

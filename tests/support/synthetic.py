@@ -59,3 +59,44 @@ LINKS = {"gamma": "log", "negativebinomial": "log", "poisson": "log"}
 def formula_for(family: str) -> str:
     """The test formula of a family."""
     return FORMULAS.get(family, "y ~ x + (1 | g)")
+
+
+def features(seed: int = 5, n: int = 240) -> dict[str, list[Any]]:
+    """Data for formula features: predictors x, z, w (> 0), c (text), k (integer codes),
+    crossed factors g and h, and b nested within a (b's labels repeat across a)."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, 6, n)
+    h = rng.integers(0, 5, n)
+    a = rng.integers(0, 4, n)
+    b = rng.integers(0, 3, n)
+    x = rng.normal(size=n)
+    z = rng.normal(size=n)
+    w = rng.uniform(0.5, 3.0, n)
+    c = rng.choice(["red", "green", "blue"], n)
+    k = rng.integers(1, 4, n)
+    y = (
+        1.0
+        + 0.7 * x
+        - 0.4 * z
+        + 0.3 * x * z
+        + 0.5 * np.log(w)
+        + (c == "red") * 0.6
+        + (0.3 + 0.2 * rng.normal(size=6))[g] * x
+        + rng.normal(0, 0.6, 6)[g]
+        + rng.normal(0, 0.4, 5)[h]
+        + rng.normal(0, 0.5, 4)[a]
+        + rng.normal(0, 0.3, 12)[a * 3 + b]
+        + rng.normal(0, 0.5, n)
+    )
+    return {
+        "y": y.round(5).tolist(),
+        "x": x.round(5).tolist(),
+        "z": z.round(5).tolist(),
+        "w": w.round(5).tolist(),
+        "c": c.tolist(),
+        "k": k.tolist(),
+        "g": [f"g{i}" for i in g],
+        "h": [f"h{i}" for i in h],
+        "a": [f"a{i}" for i in a],
+        "b": [f"b{i}" for i in b],
+    }
