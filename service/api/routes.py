@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import Services, ServicesDep
 from service.core import tasks
-from service.core.errors import NotFound, NotReady
+from service.core.csvdata import parse_csv
+from service.core.errors import InvalidRequest, NotFound, NotReady
 from service.core.jobs import is_fit_id, new_fit_id
 from service.core.schemas import (
     DEFAULT_PROB,
@@ -56,6 +61,39 @@ def create_fit(request: FitRequest, response: Response, services: ServicesDep) -
     services.dispatcher.enqueue_fit(fit_id)
     response.headers["Location"] = f"/v1/fits/{fit_id}"
     return _with_links(record)
+
+
+@router.post(
+    "/fits/upload",
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["fits"],
+    responses={422: {"description": "The request was refused; nothing was queued."}},
+)
+async def create_fit_from_csv(
+    response: Response,
+    services: ServicesDep,
+    file: Annotated[UploadFile, File(description="The data: a CSV file with a header row.")],
+    request: Annotated[
+        str, Form(description="The rest of the fit request as JSON (formula, family...).")
+    ],
+) -> FitResource:
+    """Like ``POST /v1/fits``, with the data uploaded as a CSV file (multipart form)."""
+    payload = await file.read(services.settings.max_upload_bytes + 1)
+    if len(payload) > services.settings.max_upload_bytes:
+        raise InvalidRequest.one(
+            "file", f"the file is larger than {services.settings.max_upload_bytes} bytes"
+        )
+    try:
+        fields = json.loads(request)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest.one("request", "is not valid JSON") from exc
+    if not isinstance(fields, dict) or "data" in fields:
+        raise InvalidRequest.one("request", "must be a JSON object without 'data'")
+    try:
+        fit_request = FitRequest.model_validate({**fields, "data": parse_csv(payload)})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    return await run_in_threadpool(create_fit, fit_request, response, services)
 
 
 @router.get("/fits", tags=["fits"])

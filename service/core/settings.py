@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     max_tune: int = 20_000
     max_chains: int = 16
     max_prediction_rows: int = 100_000
+    max_group_factors: int = 10
+    max_levels_per_factor: int = 20_000
+    max_draws_x_chains: int = 40_000
+    max_design_bytes: int = Field(
+        default=2 * 1024**3,
+        description="Largest dense group-level design matrix (rows x group columns x 8 bytes).",
+    )
+    max_upload_bytes: int = 50 * 1024**2
 
     # Sampler defaults (what rstanarm users expect: 4 chains, 1000 draws, 1000 tuning).
     default_draws: int = 1000

@@ -129,6 +129,7 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
         )
         used |= extra.predictors
         terms += [f"{parameter}_{term}" for term in term_names(formula)]
+    _check_groups(info, columns, settings)
     _check_categorical(request.categorical, columns, used)
     check_values(columns, used, "data", allow_missing=request.na_action == "drop")
     kept, n_dropped = drop_incomplete(columns, used)
@@ -153,6 +154,42 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
         name=request.name,
     )
     return spec, info
+
+
+def _check_groups(
+    info: FormulaInfo, columns: Mapping[str, Sequence[Scalar]], settings: Settings
+) -> None:
+    """Limits on grouping factors, and the size of the dense design Bambi would build."""
+    factors = {":".join(f): f for f in info.group_factors}
+    if len(factors) > settings.max_group_factors:
+        raise InvalidRequest.one(
+            "formula",
+            f"{len(factors)} grouping factors; the limit is {settings.max_group_factors}",
+        )
+    n_rows = len(next(iter(columns.values())))
+    group_columns = 0
+    for name, parts in factors.items():
+        levels = len(set(zip(*(columns[c] for c in parts), strict=True)))
+        if levels > settings.max_levels_per_factor:
+            raise InvalidRequest.one(
+                "formula",
+                f"the factor '{name[:60]}' has {levels} levels; "
+                f"the limit is {settings.max_levels_per_factor}",
+            )
+        terms = sum(1 for f in info.group_factors if ":".join(f) == name)
+        group_columns += levels * terms
+    size = n_rows * group_columns * 8
+    if size > settings.max_design_bytes:
+        raise InvalidRequest.one(
+            "formula",
+            f"the group-level design would take about {_mib(size)} "
+            f"({n_rows} rows x {group_columns} columns); the limit is "
+            f"{_mib(settings.max_design_bytes)}",
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1024**2:,.1f} MiB"
 
 
 def _check_binomial_form(fam: Family, info: FormulaInfo) -> None:
@@ -206,6 +243,14 @@ def _resolve_sampler(request: FitRequest, settings: Settings) -> ResolvedSampler
         for name, limit in limits.items()
         if getattr(resolved, name) > limit
     ]
+    total = resolved.draws * resolved.chains
+    if total > settings.max_draws_x_chains:
+        errors.append(
+            FieldError(
+                "sampler",
+                f"draws x chains is {total}; the limit is {settings.max_draws_x_chains}",
+            )
+        )
     if errors:
         raise InvalidRequest(errors)
     return resolved

@@ -4,6 +4,7 @@ end-to-end tests use real workers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,15 @@ def dispatcher() -> RecordingDispatcher:
 def client(tmp_path: Path, dispatcher: RecordingDispatcher) -> Iterator[TestClient]:
     url = redis_url(14)
     clean_redis(url)
-    app = create_app(Settings(redis_url=url, data_dir=tmp_path, max_rows=1000, max_draws=5000))
+    settings = Settings(
+        redis_url=url,
+        data_dir=tmp_path,
+        max_rows=1000,
+        max_draws=5000,
+        max_draws_x_chains=10_000,
+        max_design_bytes=1024**2,
+    )
+    app = create_app(settings)
     app.state.services.dispatcher = dispatcher
     with TestClient(app) as test_client:
         yield test_client
@@ -143,6 +152,60 @@ def test_non_finite_numbers_are_refused(
         {"field": "data.score", "message": "1 values are not finite numbers"}
     ]
     assert dispatcher.fits == []
+
+
+def test_a_csv_upload_is_a_fit_request(client: TestClient, dispatcher: RecordingDispatcher) -> None:
+    csv_text = "school,score\n1,1.0\n1,2.0\n2,3.5\n2,\n"
+    response = client.post(
+        "/v1/fits/upload",
+        files={"file": ("students.csv", csv_text, "text/csv")},
+        data={"request": json.dumps({"formula": "score ~ (1 | school)", "na_action": "drop"})},
+    )
+    assert response.status_code == 202, response.text
+    assert (response.json()["n_obs"], response.json()["n_dropped"]) == (3, 1)
+    assert len(dispatcher.fits) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_field", "field", "message"),
+    [
+        ("{not json", "request", "not valid JSON"),
+        ('{"formula": "score ~ (1 | school)", "data": []}', "request", "without 'data'"),
+        ('{"formula": 3}', "formula", "valid string"),
+    ],
+)
+def test_a_bad_upload_request_is_a_422(
+    client: TestClient, request_field: str, field: str, message: str
+) -> None:
+    response = client.post(
+        "/v1/fits/upload",
+        files={"file": ("s.csv", "school,score\n1,1.0\n", "text/csv")},
+        data={"request": request_field},
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["errors"]
+    assert error["field"] == field and message in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"data": {"y": [0.0] * 400, "g": list(range(400))}, "formula": "y ~ (1 | g)"},
+            "the group-level design would take about 1.2 MiB (400 rows x 400 columns)",
+        ),
+        (
+            {"sampler": {"draws": 3000, "chains": 4}},
+            "draws x chains is 12000; the limit is 10000",
+        ),
+    ],
+)
+def test_models_too_large_are_refused_up_front(
+    client: TestClient, overrides: dict[str, Any], message: str
+) -> None:
+    response = client.post("/v1/fits", json=body(**overrides))
+    assert response.status_code == 422
+    assert message in response.json()["detail"]
 
 
 def test_refusals_do_not_echo_large_inputs(client: TestClient) -> None:
