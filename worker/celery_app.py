@@ -5,7 +5,9 @@
   that always kills its worker cannot loop forever.
 - ``worker_prefetch_multiplier = 1``: a worker holds one fit at a time, others stay queued.
 - visibility timeout above the longest allowed fit, so Redis does not redeliver a fit that
-  is still running; hard and soft time limits per fit.
+  is still running; a run lock with a heartbeat keeps a redelivered message from starting a
+  second concurrent run, and the reconciler re-queues fits whose worker died long before
+  the visibility timeout would.
 - no result backend: job state lives in the service's own Redis records.
 """
 
@@ -24,9 +26,9 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
     task_default_queue=settings.fit_queue,
-    task_soft_time_limit=settings.fit_time_limit_s,
-    task_time_limit=settings.fit_time_limit_s + 60,
-    broker_transport_options={"visibility_timeout": settings.fit_time_limit_s + 600},
+    # Each fit stops itself at its own time limit; this hard limit is only a backstop.
+    task_time_limit=settings.max_fit_time_limit_s + 300,
+    broker_transport_options={"visibility_timeout": settings.max_fit_time_limit_s + 600},
     broker_connection_retry_on_startup=True,
     worker_max_tasks_per_child=100,
     worker_hijack_root_logger=False,

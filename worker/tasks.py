@@ -6,22 +6,23 @@ import json
 import logging
 import platform
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
 from typing import Any
 
-from celery.exceptions import SoftTimeLimitExceeded
 from redis import Redis
 
 from service.core import tasks
 from service.core.artifacts import Artifacts
 from service.core.errors import FitFailed, InvalidRequest, NotFound
 from service.core.jobs import JobStore, is_fit_id, utcnow
-from service.core.schemas import FitError, FitSpec, FitStatus, Progress, Timings
+from service.core.schemas import FitError, FitResource, FitSpec, FitStatus, Progress, Timings
 from service.core.settings import Settings, get_settings
 from worker.celery_app import app
+from worker.heartbeat import Heartbeat
 from worker.modeling.building import build_model, frame
 from worker.modeling.cache import FittedModel, FittedModelCache
 from worker.modeling.describe import describe, priors_used
@@ -52,7 +53,7 @@ def context() -> Context:
     artifacts = Artifacts(settings.data_dir)
     return Context(
         settings=settings,
-        store=JobStore(Redis.from_url(settings.redis_url)),
+        store=JobStore(Redis.from_url(settings.redis_url), retention_s=settings.retention_s),
         artifacts=artifacts,
         cache=FittedModelCache(artifacts, settings.model_cache_size),
     )
@@ -86,19 +87,39 @@ def fit(fit_id: str) -> None:
 
 
 def run_fit(fit_id: str, ctx: Context) -> None:
-    """The body of the fit task."""
+    """The body of the fit task: one run at a time per fit, under a heartbeat lock."""
     record = ctx.store.get(fit_id)
     if record is None or record.status.is_final:
         log.info("fit %s: nothing to do (%s)", fit_id, record and record.status)
         return
+    token = uuid.uuid4().hex
+    if not ctx.store.acquire_lock(fit_id, token, ctx.settings.lock_ttl_s):
+        log.info("fit %s is running elsewhere; this delivery is dropped", fit_id)
+        return
+    try:
+        with Heartbeat(ctx.store, fit_id, token, ctx.settings.lock_ttl_s):
+            _run_locked(fit_id, record, ctx)
+    finally:
+        ctx.store.release_lock(fit_id, token)
+
+
+def _run_locked(fit_id: str, record: FitResource, ctx: Context) -> None:
     attempt = ctx.store.start_attempt(fit_id)
+    if attempt is None:
+        log.info("fit %s was cancelled before it started", fit_id)
+        return
     if attempt > ctx.settings.max_attempts:
-        message = f"the fit stopped its worker {attempt - 1} times and was not run again"
-        ctx.store.finish(
-            fit_id, FitStatus.FAILED, error=FitError(reason="worker_lost", message=message)
-        )
+        message = f"the fit lost its worker {attempt - 1} times and was not run again"
+        _fail(ctx, fit_id, "worker_lost", message)
         return
     started = time.perf_counter()
+    deadline = time.monotonic() + record.sampler.time_limit_s
+
+    def stop_reason() -> str | None:
+        if ctx.store.cancel_requested(fit_id):
+            return "cancelled"
+        return "timeout" if time.monotonic() > deadline else None
+
     timings = Timings(queued_s=(utcnow() - record.created_at).total_seconds())
     try:
         spec = ctx.artifacts.read_spec(fit_id)
@@ -108,6 +129,7 @@ def run_fit(fit_id: str, ctx: Context) -> None:
             spec.sampler,
             ThrottledProgress(ctx.store, fit_id),
             cores=ctx.settings.sampler_cores,
+            stop_reason=stop_reason,
         )
         ctx.store.set_progress(fit_id, Progress(phase="summarizing", fraction=1.0))
         summarizing = time.perf_counter()
@@ -129,16 +151,13 @@ def run_fit(fit_id: str, ctx: Context) -> None:
         timings.total_s = time.perf_counter() - started
         ctx.store.finish(fit_id, FitStatus.SUCCEEDED, timings=timings, versions=library_versions())
     except FitFailed as exc:
-        _fail(ctx, fit_id, exc.reason, exc.message)
+        if exc.reason == "cancelled":
+            log.info("fit %s cancelled while running", fit_id)
+            ctx.store.finish(fit_id, FitStatus.CANCELLED)
+        else:
+            _fail(ctx, fit_id, exc.reason, exc.message)
     except InvalidRequest as exc:
         _fail(ctx, fit_id, "invalid_request", exc.detail)
-    except SoftTimeLimitExceeded:
-        _fail(
-            ctx,
-            fit_id,
-            "timeout",
-            f"the fit ran past its limit of {ctx.settings.fit_time_limit_s} s",
-        )
     except Exception:
         log.exception("fit %s failed unexpectedly", fit_id)
         _fail(ctx, fit_id, "internal_error", "the fit failed unexpectedly; the error was logged")

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
 from fastapi import FastAPI
 
 from service.api import problems
 from service.api.deps import Services
 from service.api.routes import router
+from service.core.reconciler import Reconciler, reconcile_once
 from service.core.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API: routes, the problem+json error mapping and its services."""
     settings = settings or get_settings()
+    services = Services.create(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        step = partial(
+            reconcile_once,
+            services.store,
+            services.artifacts,
+            services.dispatcher.enqueue_fit,
+            queue=settings.fit_queue,
+            retention_s=settings.retention_s,
+        )
+        reconciler = Reconciler(step, services.store.redis, settings.reconcile_interval_s)
+        reconciler.start()
+        yield
+        reconciler.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="hbm-service",
         version="0.1.0",
         summary="Hierarchical Bayesian models as a service.",
@@ -22,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "group effects, convergence diagnostics and predictions with uncertainty."
         ),
     )
-    app.state.services = Services.create(settings)
+    app.state.services = services
     problems.install(app)
     app.include_router(router)
     return app

@@ -32,7 +32,7 @@ class Services:
             socket_timeout=settings.reply_timeout_s + 10,
             health_check_interval=10,
         )
-        store = JobStore(redis)
+        store = JobStore(redis, retention_s=settings.retention_s)
         return cls(settings, store, Artifacts(settings.data_dir), Dispatcher(settings, store))
 
 

@@ -28,7 +28,7 @@ class Dispatcher:
         self.celery.conf.update(
             task_default_queue=settings.fit_queue,
             broker_connection_retry_on_startup=True,
-            broker_transport_options={"visibility_timeout": settings.fit_time_limit_s + 600},
+            broker_transport_options={"visibility_timeout": settings.max_fit_time_limit_s + 600},
         )
 
     def enqueue_fit(self, fit_id: str) -> None:

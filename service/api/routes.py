@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -52,15 +54,55 @@ def healthz() -> Health:
     tags=["fits"],
     responses={422: {"description": "The request was refused; nothing was queued."}},
 )
-def create_fit(request: FitRequest, response: Response, services: ServicesDep) -> FitResource:
-    """Validate a model and queue it for fitting. Poll the ``Location`` for its status."""
+def create_fit(
+    request: FitRequest,
+    response: Response,
+    services: ServicesDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="Same key, same fit: a retried POST is safe."),
+    ] = None,
+) -> FitResource:
+    """Validate a model and queue it for fitting. Poll the ``Location`` for its status.
+
+    A request with a fixed ``sampler.seed`` is content-addressed: the same request gives the
+    same fit, sampled once. An ``Idempotency-Key`` header does the same for any request.
+    """
     spec, _ = validate_fit_request(request, services.settings)
     fit_id = new_fit_id()
-    services.artifacts.write_spec(fit_id, spec)
-    record = services.store.create(fit_id, spec)
-    services.dispatcher.enqueue_fit(fit_id)
+    ttl = services.settings.retention_s
+    if idempotency_key is not None:
+        fit_id = services.store.claim(f"key:{_digest(idempotency_key)}", fit_id, ttl)
+    elif request.sampler.seed is not None:
+        fit_id = services.store.claim(f"content:{_digest(spec.model_dump_json())}", fit_id, ttl)
+    record = services.store.get(fit_id)
+    if record is None:
+        services.artifacts.write_spec(fit_id, spec)
+        record = services.store.create(fit_id, spec)
+        if record.status is FitStatus.QUEUED and record.attempts == 0:
+            services.dispatcher.enqueue_fit(fit_id)
     response.headers["Location"] = f"/v1/fits/{fit_id}"
     return _with_links(record)
+
+
+@router.delete(
+    "/fits/{fit_id}",
+    tags=["fits"],
+    responses={
+        202: {"description": "Cancelled (queued) or cancelling (running): poll the fit."},
+        204: {"description": "A finished fit and its files were deleted."},
+    },
+)
+def delete_fit(fit_id: str, services: ServicesDep) -> Response:
+    """Cancel a queued or running fit, or delete a finished one and its files."""
+    record = _fit(services, fit_id)
+    if record.status.is_final:
+        services.store.delete(fit_id)
+        shutil.rmtree(services.artifacts.fit_dir(fit_id), ignore_errors=True)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    services.store.request_cancel(fit_id)
+    body = _with_links(_fit(services, fit_id)).model_dump_json()
+    return Response(body, status_code=status.HTTP_202_ACCEPTED, media_type="application/json")
 
 
 @router.post(
@@ -222,6 +264,10 @@ def _results(
         return services.artifacts.read_json(fit_id, f"{what}.json")
     payload = {"fit_id": fit_id, "what": what, "interval": interval, "prob": prob}
     return services.dispatcher.call(tasks.RESULTS, payload)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _with_links(record: FitResource) -> FitResource:

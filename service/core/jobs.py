@@ -3,11 +3,18 @@
 Keys (all under ``{prefix}:``)::
 
     fit:{id}        hash: meta (immutable request facts), status, attempts, progress,
-                    timings, versions, error, started_at, finished_at  (JSON-encoded fields)
-    fits            sorted set of ids by creation time, for listing
+                    timings, versions, error, started_at, finished_at, cancel
+                    (JSON-encoded fields); expires ``retention`` after the fit is final
+    fits            sorted set of ids by creation time, for listing and sweeping
+    active          set of ids that are queued or running, for the reconciler
+    lock:{id}       held by the one worker process running the fit, refreshed by its
+                    heartbeat; a running fit whose lock expired has lost its worker
+    dedup:{key}     fit id for an idempotency key or a seeded request's content hash
     reply:{token}   short-lived list where a worker pushes the answer to a synchronous call
 
 Celery's result backend is not used: it reports unknown ids as PENDING and forgets results.
+Status changes that race (cancel against start, finish against cancel) are Lua scripts, so
+each is one atomic step in Redis.
 """
 
 from __future__ import annotations
@@ -29,6 +36,47 @@ from service.core.schemas import (
     Timings,
 )
 
+# Create a fit only once (two identical requests racing create it once).
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'status', 'queued', 'attempts', 0)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1
+"""
+
+# Start a run only if the fit is still queued or running (a retry): never after cancel.
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return -1 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+# Cancel: a queued fit is cancelled at once; a running one is flagged for its worker.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 'cancelled'
+elseif status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  return 'running'
+end
+return status or ''
+"""
+
+# Release a lock only if this run still holds it; refresh likewise.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 
 def new_fit_id() -> str:
     """A fresh, unguessable fit id."""
@@ -48,19 +96,42 @@ def utcnow() -> datetime:
 class JobStore:
     """Reads and writes fit records in Redis."""
 
-    def __init__(self, redis: Redis, prefix: str = "hbm") -> None:
+    def __init__(self, redis: Redis, prefix: str = "hbm", retention_s: int | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.retention_s = retention_s
+        self._create = redis.register_script(_CREATE)
+        self._start = redis.register_script(_START)
+        self._cancel = redis.register_script(_CANCEL)
+        self._release = redis.register_script(_RELEASE)
+        self._refresh = redis.register_script(_REFRESH)
 
     def _key(self, fit_id: str) -> str:
         return f"{self.prefix}:fit:{fit_id}"
+
+    def _lock(self, fit_id: str) -> str:
+        return f"{self.prefix}:lock:{fit_id}"
+
+    @property
+    def _active(self) -> str:
+        return f"{self.prefix}:active"
 
     def reply_key(self, token: str) -> str:
         """The list a worker pushes a synchronous answer to."""
         return f"{self.prefix}:reply:{token}"
 
+    # ------------------------------------------------------------------ creation, reads
+
+    def claim(self, key: str, fit_id: str, ttl_s: int) -> str:
+        """The fit id already recorded for ``key``, or ``fit_id`` if this call claimed it."""
+        name = f"{self.prefix}:dedup:{key}"
+        if self.redis.set(name, fit_id, nx=True, ex=ttl_s):
+            return fit_id
+        existing = self.redis.get(name)
+        return existing.decode() if isinstance(existing, bytes) else fit_id
+
     def create(self, fit_id: str, spec: FitSpec) -> FitResource:
-        """Record a new fit as queued."""
+        """Record a new fit as queued (an existing record with this id is kept as it is)."""
         now = utcnow()
         meta = {
             "formula": spec.formula,
@@ -71,13 +142,10 @@ class JobStore:
             "sampler": spec.sampler.model_dump(),
             "created_at": now.isoformat(),
         }
-        pipe = self.redis.pipeline()
-        pipe.hset(
-            self._key(fit_id),
-            mapping={"meta": json.dumps(meta), "status": FitStatus.QUEUED.value, "attempts": 0},
+        self._create(
+            keys=[self._key(fit_id), f"{self.prefix}:fits", self._active],
+            args=[json.dumps(meta), now.timestamp(), fit_id],
         )
-        pipe.zadd(f"{self.prefix}:fits", {fit_id: now.timestamp()})
-        pipe.execute()
         record = self.get(fit_id)
         assert record is not None
         return record
@@ -85,7 +153,7 @@ class JobStore:
     def get(self, fit_id: str) -> FitResource | None:
         """The fit's record, or None if there is no such fit."""
         raw: dict[bytes, bytes] = self.redis.hgetall(self._key(fit_id))  # type: ignore[assignment]
-        if not raw:
+        if not raw or b"meta" not in raw:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         meta = json.loads(fields["meta"])
@@ -118,20 +186,58 @@ class JobStore:
         value = self.redis.hget(self._key(fit_id), "status")
         return FitStatus(value.decode()) if isinstance(value, bytes) else None
 
-    def start_attempt(self, fit_id: str) -> int:
-        """Mark the fit running and return which attempt this is (1 for the first run)."""
-        pipe = self.redis.pipeline()
-        pipe.hincrby(self._key(fit_id), "attempts", 1)
-        pipe.hset(
-            self._key(fit_id),
-            mapping={"status": FitStatus.RUNNING.value, "started_at": utcnow().isoformat()},
-        )
-        attempts, _ = pipe.execute()
-        return int(attempts)
+    def list_ids(self, offset: int, limit: int) -> list[str]:
+        """Fit ids, newest first."""
+        ids = self.redis.zrevrange(f"{self.prefix}:fits", offset, offset + limit - 1)
+        return [i.decode() for i in ids]  # type: ignore[union-attr]
+
+    def active_ids(self) -> list[str]:
+        """Ids of fits that are queued or running."""
+        return sorted(i.decode() for i in self.redis.smembers(self._active))  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------------ runs
+
+    def acquire_lock(self, fit_id: str, token: str, ttl_s: int) -> bool:
+        """Take the run lock; False if another live run holds it."""
+        return bool(self.redis.set(self._lock(fit_id), token, nx=True, ex=ttl_s))
+
+    def refresh_lock(self, fit_id: str, token: str, ttl_s: int) -> bool:
+        """Extend the run lock (the heartbeat); False if it was lost."""
+        return bool(self._refresh(keys=[self._lock(fit_id)], args=[token, ttl_s]))
+
+    def release_lock(self, fit_id: str, token: str) -> None:
+        """Give the run lock back if this run holds it."""
+        self._release(keys=[self._lock(fit_id)], args=[token])
+
+    def lock_held(self, fit_id: str) -> bool:
+        """Whether a live run holds the fit (its heartbeat is fresh)."""
+        return bool(self.redis.exists(self._lock(fit_id)))
+
+    def start_attempt(self, fit_id: str) -> int | None:
+        """Mark the fit running and return the attempt number; None if it was cancelled."""
+        attempts = int(self._start(keys=[self._key(fit_id)], args=[utcnow().isoformat()]))
+        return None if attempts < 0 else attempts
+
+    def requeue(self, fit_id: str) -> None:
+        """Put a fit whose worker was lost back to queued (a new message must follow)."""
+        self.redis.hset(self._key(fit_id), "status", FitStatus.QUEUED.value)
+        self.redis.hdel(self._key(fit_id), "progress")
 
     def set_progress(self, fit_id: str, progress: Progress) -> None:
         """Replace the progress of a running fit."""
         self.redis.hset(self._key(fit_id), "progress", progress.model_dump_json())
+
+    def request_cancel(self, fit_id: str) -> FitStatus | None:
+        """Cancel a queued fit now, or flag a running one; the resulting status."""
+        status = self._cancel(
+            keys=[self._key(fit_id), self._active], args=[utcnow().isoformat(), fit_id]
+        )
+        text = status.decode() if isinstance(status, bytes) else str(status)
+        return FitStatus(text) if text else None
+
+    def cancel_requested(self, fit_id: str) -> bool:
+        """Whether a client asked to cancel this running fit."""
+        return self.redis.hget(self._key(fit_id), "cancel") == b"1"
 
     def finish(
         self,
@@ -152,13 +258,28 @@ class JobStore:
             fields["error"] = error.model_dump_json()
         pipe = self.redis.pipeline()
         pipe.hset(self._key(fit_id), mapping=fields)
-        pipe.hdel(self._key(fit_id), "progress")
+        pipe.hdel(self._key(fit_id), "progress", "cancel")
+        pipe.srem(self._active, fit_id)
+        if self.retention_s:
+            pipe.expire(self._key(fit_id), self.retention_s)
         pipe.execute()
 
-    def list_ids(self, offset: int, limit: int) -> list[str]:
-        """Fit ids, newest first."""
-        ids = self.redis.zrevrange(f"{self.prefix}:fits", offset, offset + limit - 1)
+    def created_before(self, timestamp: float) -> list[str]:
+        """Ids of fits created before ``timestamp`` (seconds since the epoch)."""
+        ids = self.redis.zrangebyscore(f"{self.prefix}:fits", 0, timestamp)
         return [i.decode() for i in ids]  # type: ignore[union-attr]
+
+    def forget_active(self, fit_id: str) -> None:
+        """Drop a fit from the active set (it is final or gone)."""
+        self.redis.srem(self._active, fit_id)
+
+    def delete(self, fit_id: str) -> None:
+        """Forget a fit entirely."""
+        pipe = self.redis.pipeline()
+        pipe.delete(self._key(fit_id))
+        pipe.zrem(f"{self.prefix}:fits", fit_id)
+        pipe.srem(self._active, fit_id)
+        pipe.execute()
 
 
 def _time(value: str | None) -> datetime | None:

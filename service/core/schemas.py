@@ -42,6 +42,9 @@ class SamplerSettings(Strict):
     )
     target_accept: float = Field(default=0.8, gt=0.5, lt=1.0)
     method: Literal["nutpie"] = "nutpie"
+    time_limit_s: int | None = Field(
+        default=None, ge=1, description="Fail the fit with reason 'timeout' past this time."
+    )
     parameterization: Parameterization = Field(
         default="noncentered",
         description="Group-level effects as offsets times SD (Bambi's default) or centered. "
@@ -62,6 +65,7 @@ class ResolvedSampler(BaseModel):
     seed: int
     target_accept: float
     method: str
+    time_limit_s: int = 3600
     parameterization: Parameterization = "noncentered"
     adaptation: Adaptation = "diag"
 

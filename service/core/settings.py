@@ -51,7 +51,17 @@ class Settings(BaseSettings):
     )
 
     # Reliability.
-    fit_time_limit_s: int = Field(default=3600, description="Hard limit on one fit's run time.")
+    fit_time_limit_s: int = Field(default=3600, description="Default time limit of a fit.")
+    max_fit_time_limit_s: int = Field(default=6 * 3600, description="Largest time limit.")
+    lock_ttl_s: int = Field(
+        default=30, description="A running fit whose heartbeat is this old has lost its worker."
+    )
+    reconcile_interval_s: float = Field(
+        default=10.0, description="How often lost or orphaned fits are re-queued."
+    )
+    retention_s: int = Field(
+        default=7 * 24 * 3600, description="How long finished fits and their files are kept."
+    )
     max_attempts: int = Field(default=3, description="Runs of a fit before it is failed.")
     reply_timeout_s: float = Field(
         default=120.0, description="How long the API waits for a prediction or a summary."

@@ -230,6 +230,7 @@ def _resolve_sampler(request: FitRequest, settings: Settings) -> ResolvedSampler
         seed=s.seed if s.seed is not None else secrets.randbelow(2**32),
         target_accept=s.target_accept,
         method=s.method,
+        time_limit_s=s.time_limit_s or settings.fit_time_limit_s,
         parameterization=s.parameterization,
         adaptation=s.adaptation,
     )
@@ -237,6 +238,7 @@ def _resolve_sampler(request: FitRequest, settings: Settings) -> ResolvedSampler
         "draws": settings.max_draws,
         "tune": settings.max_tune,
         "chains": settings.max_chains,
+        "time_limit_s": settings.max_fit_time_limit_s,
     }
     errors = [
         FieldError(f"sampler.{name}", f"{getattr(resolved, name)} is above the limit of {limit}")

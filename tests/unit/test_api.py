@@ -79,6 +79,7 @@ def test_a_valid_fit_is_accepted_and_queued(
         "seed": 3,
         "target_accept": 0.8,
         "method": "nutpie",
+        "time_limit_s": 3600,
         "parameterization": "noncentered",
         "adaptation": "diag",
     }
@@ -269,3 +270,42 @@ def test_the_api_does_not_import_the_modelling_stack() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_identical_seeded_requests_are_one_fit(
+    client: TestClient, dispatcher: RecordingDispatcher
+) -> None:
+    seeded = body(sampler={"seed": 11, "draws": 100})
+    first = client.post("/v1/fits", json=seeded)
+    second = client.post("/v1/fits", json=seeded)
+    other_seed = client.post("/v1/fits", json=body(sampler={"seed": 12, "draws": 100}))
+    assert first.json()["id"] == second.json()["id"] != other_seed.json()["id"]
+    assert second.headers["location"] == first.headers["location"]
+    assert len(dispatcher.fits) == 2
+
+
+def test_unseeded_requests_are_distinct_unless_they_share_an_idempotency_key(
+    client: TestClient, dispatcher: RecordingDispatcher
+) -> None:
+    a = client.post("/v1/fits", json=body()).json()["id"]
+    b = client.post("/v1/fits", json=body()).json()["id"]
+    headers = {"Idempotency-Key": "order-42"}
+    c = client.post("/v1/fits", json=body(), headers=headers).json()["id"]
+    d = client.post("/v1/fits", json=body(), headers=headers).json()["id"]
+    assert len({a, b, c}) == 3 and c == d
+    assert dispatcher.fits == [a, b, c]
+
+
+def test_deleting_a_queued_fit_cancels_it_and_deleting_again_removes_it(
+    client: TestClient, tmp_path: Path
+) -> None:
+    location = client.post("/v1/fits", json=body()).headers["location"]
+    cancelled = client.delete(location)
+    assert cancelled.status_code == 202
+    assert cancelled.json()["status"] == "cancelled"
+    assert client.get(location).json()["status"] == "cancelled"
+    fit_id = location.rsplit("/", 1)[1]
+    assert (tmp_path / "fits" / fit_id).exists()
+    assert client.delete(location).status_code == 204
+    assert client.get(location).status_code == 404
+    assert not (tmp_path / "fits" / fit_id).exists()

@@ -50,9 +50,13 @@ def sample(
     report: ProgressSink,
     *,
     cores: int | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
+    stop_reason: Callable[[], str | None] = lambda: None,
 ) -> SampleResult:
-    """Compile the model with nutpie and sample it; ``report`` receives throttled progress."""
+    """Compile the model with nutpie and sample it; ``report`` receives throttled progress.
+
+    ``stop_reason`` is asked twice a second while sampling (and once after compiling); a
+    reason (``cancelled``, ``timeout``) stops the sampler and raises FitFailed with it.
+    """
     started = time.perf_counter()
     report(Progress(phase="compiling", fraction=0.0))
     try:
@@ -67,6 +71,7 @@ def sample(
     except Exception as exc:
         raise FitFailed("compile_error", "the model could not be compiled") from exc
     compiled_at = time.perf_counter()
+    _stop_if_asked(stop_reason)
 
     latest: list[Any] = []
     lock = threading.Lock()
@@ -92,9 +97,11 @@ def sample(
             blocking=False,
         )
         while not _finished(run):
-            if should_stop():
+            try:
+                _stop_if_asked(stop_reason)
+            except FitFailed:
                 run.cancel()
-                raise FitFailed("cancelled", "the fit was cancelled")
+                raise
             with lock:
                 snapshot = list(latest)
             if snapshot:
@@ -118,6 +125,18 @@ def sample(
         compile_s=compiled_at - built,
         sampling_s=finished - compiled_at,
     )
+
+
+STOP_MESSAGES = {
+    "cancelled": "the fit was cancelled",
+    "timeout": "the fit ran past its time limit",
+}
+
+
+def _stop_if_asked(stop_reason: Callable[[], str | None]) -> None:
+    reason = stop_reason()
+    if reason is not None:
+        raise FitFailed(reason, STOP_MESSAGES.get(reason, reason))
 
 
 def _finished(run: Any) -> bool:

@@ -1,0 +1,83 @@
+"""The reconciler re-queues fits whose worker vanished or whose queue message was lost,
+and sweeps fits past their retention (real Redis, a recording enqueue)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from service.core.artifacts import Artifacts
+from service.core.jobs import JobStore, new_fit_id
+from service.core.reconciler import Outcome, reconcile_once
+from service.core.schemas import FitSpec, FitStatus, ResolvedSampler
+from tests.conftest import clean_redis, redis_url
+
+QUEUE = "hbm.fits"
+
+
+@pytest.fixture
+def redis() -> Redis:
+    return clean_redis(redis_url(14))
+
+
+def spec() -> FitSpec:
+    sampler = ResolvedSampler(
+        draws=10, tune=10, chains=1, seed=1, target_accept=0.8, method="nutpie"
+    )
+    return FitSpec(
+        formula="y ~ 1", family="gaussian", link="identity", columns={"y": [1.0]}, sampler=sampler
+    )
+
+
+def run(
+    store: JobStore, tmp_path: Path, now: float | None = None, retention_s: int = 3600
+) -> tuple[Outcome, list[str]]:
+    sent: list[str] = []
+    outcome = reconcile_once(
+        store, Artifacts(tmp_path), sent.append, queue=QUEUE, retention_s=retention_s, now=now
+    )
+    return outcome, sent
+
+
+def test_a_running_fit_without_heartbeat_is_requeued(redis: Redis, tmp_path: Path) -> None:
+    store = JobStore(redis)
+    alive, dead = new_fit_id(), new_fit_id()
+    for fit_id in (alive, dead):
+        store.create(fit_id, spec())
+        store.start_attempt(fit_id)
+    store.acquire_lock(alive, "token", ttl_s=30)
+    outcome, sent = run(store, tmp_path)
+    assert outcome.requeued == [dead] and sent == [dead]
+    assert store.status(dead) is FitStatus.QUEUED
+    assert store.status(alive) is FitStatus.RUNNING
+
+
+def test_a_queued_fit_without_a_message_is_sent_again(redis: Redis, tmp_path: Path) -> None:
+    store = JobStore(redis)
+    orphan, waiting = new_fit_id(), new_fit_id()
+    store.create(orphan, spec())
+    store.create(waiting, spec())
+    redis.lpush(QUEUE, f'{{"headers": {{"argsrepr": "[\'{waiting}\']"}}}}')
+    outcome, sent = run(store, tmp_path, now=time.time() + 60)
+    assert outcome.resent == sent == [orphan]
+    # within the grace period nothing is resent (the message may be in flight)
+    assert run(store, tmp_path)[1] == []
+
+
+def test_final_fits_leave_the_active_set_and_expired_ones_are_swept(
+    redis: Redis, tmp_path: Path
+) -> None:
+    store = JobStore(redis, retention_s=1)
+    fit_id = new_fit_id()
+    store.create(fit_id, spec())
+    Artifacts(tmp_path).write_json(fit_id, "summary.json", {})
+    store.finish(fit_id, FitStatus.SUCCEEDED)
+    assert store.active_ids() == []
+    time.sleep(1.5)  # the record expires after its retention
+    outcome, _ = run(store, tmp_path, now=time.time() + 10, retention_s=1)
+    assert outcome.swept == [fit_id]
+    assert not (tmp_path / "fits" / fit_id).exists()
+    assert store.list_ids(0, 10) == []
