@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import ROOT, clean_redis, redis_url
@@ -57,10 +58,26 @@ class Deployment:
         process = self.processes.pop(name)
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def start_fits_worker(self) -> subprocess.Popen[bytes]:
+        """(Re)start the fit worker and wait until its pool process is up."""
+        process = self.start("worker-fits", "worker", "fits")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not pool_children(process.pid):
+            time.sleep(0.2)
+        return process
+
+
+def pool_children(pid: int) -> list[psutil.Process]:
+    """The Celery pool processes (the ones that run tasks) of a worker's main process."""
+    try:
+        return psutil.Process(pid).children()
+    except psutil.NoSuchProcess:
+        return []
 
 
 @pytest.fixture(scope="session")
@@ -76,10 +93,13 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         PORT=str(port),
         HOST="127.0.0.1",
         LOG_LEVEL="warning",
+        # Fault tests want a lost worker noticed in seconds, not the production 30 s.
+        HBM_LOCK_TTL_S="3",
+        HBM_RECONCILE_INTERVAL_S="1",
     )
     env.pop("HBM_REDIS_URL", None)
     running = Deployment(f"http://127.0.0.1:{port}", env, folder, {})
-    running.start("worker-fits", "worker", "fits")
+    running.start_fits_worker()
     running.start("worker-interactive", "worker", "interactive")
     running.start("api", "service")
     _wait_for_health(running)
@@ -104,6 +124,22 @@ def _wait_for_health(running: Deployment, timeout_s: float = 60) -> None:
 def client(deployment: Deployment) -> Iterator[httpx.Client]:
     with deployment.client() as http:
         yield http
+
+
+def wait_for_status(
+    client: httpx.Client,
+    location: str,
+    accept: Callable[[dict[str, Any]], bool],
+    timeout_s: float = 120,
+) -> dict[str, Any]:
+    """Poll a fit until ``accept`` holds for its record; return that record."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        fit: dict[str, Any] = client.get(location).json()
+        if accept(fit):
+            return fit
+        time.sleep(0.1)
+    raise AssertionError(f"fit {location} never reached the expected state: {fit}")
 
 
 def wait_for_fit(client: httpx.Client, location: str, timeout_s: float = 300) -> dict[str, Any]:
