@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 QUICK = {"draws": 300, "tune": 300, "chains": 2}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -80,12 +80,9 @@ def pool_children(pid: int) -> list[psutil.Process]:
         return []
 
 
-@pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = redis_url(15)
-    clean_redis(url)
-    folder = tmp_path_factory.mktemp("deployment")
-    port = _free_port()
+def deploy(folder: Path, url: str) -> Deployment:
+    """Start the API and both workers on Redis at ``url``, with files under ``folder``."""
+    port = free_port()
     env = dict(os.environ)
     env.update(
         REDIS_URL=url,
@@ -103,6 +100,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     running.start("worker-interactive", "worker", "interactive")
     running.start("api", "service")
     _wait_for_health(running)
+    return running
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    url = redis_url(15)
+    clean_redis(url)
+    running = deploy(tmp_path_factory.mktemp("deployment"), url)
     yield running
     for name in list(running.processes):
         running.stop(name)
