@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import problems
 from service.api.deps import Services
 from service.api.routes import router
+from service.api.security import BodyLimit
 from service.core.reconciler import Reconciler, reconcile_once
 from service.core.settings import Settings, get_settings
 
@@ -48,4 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
+        )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -10,7 +10,9 @@ from redis import Redis
 
 from service.api.dispatch import Dispatcher
 from service.core.artifacts import Artifacts
-from service.core.jobs import JobStore
+from service.core.errors import NotFound, NotReady
+from service.core.jobs import JobStore, is_fit_id
+from service.core.schemas import FitResource, FitStatus
 from service.core.settings import Settings
 
 
@@ -43,3 +45,26 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@dataclass
+class Caller:
+    """One request's view: the services, and the owner (API key digest) it acts for."""
+
+    services: Services
+    owner: str
+
+    def fit(self, fit_id: str) -> FitResource:
+        """The caller's fit; 404 for unknown ids and for other keys' fits alike."""
+        store = self.services.store
+        record = store.get(fit_id) if is_fit_id(fit_id) else None
+        if record is None or store.owner(fit_id) != self.owner:
+            raise NotFound(f"there is no fit '{fit_id[:64]}'")
+        return record
+
+    def succeeded(self, fit_id: str) -> FitResource:
+        """The caller's fit, which must have succeeded (409 otherwise)."""
+        record = self.fit(fit_id)
+        if record.status is not FitStatus.SUCCEEDED:
+            raise NotReady(f"the fit is {record.status.value}; results exist once it has succeeded")
+        return record

@@ -17,7 +17,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.core.errors import FieldError, InvalidRequest, ServiceError, Unavailable
+from service.core.errors import (
+    FieldError,
+    InvalidRequest,
+    ServiceError,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,11 @@ def problem(
 
 
 def _from_service_error(exc: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    headers = None
+    if isinstance(exc, Unavailable | TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "ApiKey"}
     errors = exc.errors if isinstance(exc, InvalidRequest) else None
     return problem(exc.status, exc.title, exc.detail, errors=errors, headers=headers)
 

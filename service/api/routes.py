@@ -12,11 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import Services, ServicesDep
+from service.api.deps import Caller
+from service.api.security import CallerDep
 from service.core import tasks
 from service.core.csvdata import parse_csv
-from service.core.errors import InvalidRequest, NotFound, NotReady
-from service.core.jobs import is_fit_id, new_fit_id
+from service.core.errors import InvalidRequest, NotFound, TooManyRequests
+from service.core.jobs import new_fit_id
 from service.core.schemas import (
     DEFAULT_PROB,
     Diagnostics,
@@ -57,7 +58,7 @@ def healthz() -> Health:
 def create_fit(
     request: FitRequest,
     response: Response,
-    services: ServicesDep,
+    caller: CallerDep,
     idempotency_key: Annotated[
         str | None,
         Header(max_length=200, description="Same key, same fit: a retried POST is safe."),
@@ -68,17 +69,25 @@ def create_fit(
     A request with a fixed ``sampler.seed`` is content-addressed: the same request gives the
     same fit, sampled once. An ``Idempotency-Key`` header does the same for any request.
     """
+    services, owner = caller.services, caller.owner
     spec, _ = validate_fit_request(request, services.settings)
+    count, reset_s = services.store.count_submission(owner)
+    if count > services.settings.submissions_per_minute:
+        raise TooManyRequests(
+            f"over {services.settings.submissions_per_minute} submissions a minute",
+            retry_after=reset_s,
+        )
     fit_id = new_fit_id()
     ttl = services.settings.retention_s
     if idempotency_key is not None:
-        fit_id = services.store.claim(f"key:{_digest(idempotency_key)}", fit_id, ttl)
+        fit_id = services.store.claim(f"{owner}:key:{_digest(idempotency_key)}", fit_id, ttl)
     elif request.sampler.seed is not None:
-        fit_id = services.store.claim(f"content:{_digest(spec.model_dump_json())}", fit_id, ttl)
+        content = _digest(spec.model_dump_json())
+        fit_id = services.store.claim(f"{owner}:content:{content}", fit_id, ttl)
     record = services.store.get(fit_id)
     if record is None:
         services.artifacts.write_spec(fit_id, spec)
-        record = services.store.create(fit_id, spec)
+        record = services.store.create(fit_id, spec, owner)
         if record.status is FitStatus.QUEUED and record.attempts == 0:
             services.dispatcher.enqueue_fit(fit_id)
     response.headers["Location"] = f"/v1/fits/{fit_id}"
@@ -93,15 +102,15 @@ def create_fit(
         204: {"description": "A finished fit and its files were deleted."},
     },
 )
-def delete_fit(fit_id: str, services: ServicesDep) -> Response:
+def delete_fit(fit_id: str, caller: CallerDep) -> Response:
     """Cancel a queued or running fit, or delete a finished one and its files."""
-    record = _fit(services, fit_id)
+    record = caller.fit(fit_id)
     if record.status.is_final:
-        services.store.delete(fit_id)
-        shutil.rmtree(services.artifacts.fit_dir(fit_id), ignore_errors=True)
+        caller.services.store.delete(fit_id)
+        shutil.rmtree(caller.services.artifacts.fit_dir(fit_id), ignore_errors=True)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    services.store.request_cancel(fit_id)
-    body = _with_links(_fit(services, fit_id)).model_dump_json()
+    caller.services.store.request_cancel(fit_id)
+    body = _with_links(caller.fit(fit_id)).model_dump_json()
     return Response(body, status_code=status.HTTP_202_ACCEPTED, media_type="application/json")
 
 
@@ -113,17 +122,17 @@ def delete_fit(fit_id: str, services: ServicesDep) -> Response:
 )
 async def create_fit_from_csv(
     response: Response,
-    services: ServicesDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="The data: a CSV file with a header row.")],
     request: Annotated[
         str, Form(description="The rest of the fit request as JSON (formula, family...).")
     ],
 ) -> FitResource:
     """Like ``POST /v1/fits``, with the data uploaded as a CSV file (multipart form)."""
-    payload = await file.read(services.settings.max_upload_bytes + 1)
-    if len(payload) > services.settings.max_upload_bytes:
+    payload = await file.read(caller.services.settings.max_upload_bytes + 1)
+    if len(payload) > caller.services.settings.max_upload_bytes:
         raise InvalidRequest.one(
-            "file", f"the file is larger than {services.settings.max_upload_bytes} bytes"
+            "file", f"the file is larger than {caller.services.settings.max_upload_bytes} bytes"
         )
     try:
         fields = json.loads(request)
@@ -135,42 +144,42 @@ async def create_fit_from_csv(
         fit_request = FitRequest.model_validate({**fields, "data": parse_csv(payload)})
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
-    return await run_in_threadpool(create_fit, fit_request, response, services)
+    return await run_in_threadpool(create_fit, fit_request, response, caller)
 
 
 @router.get("/fits", tags=["fits"])
 def list_fits(
-    services: ServicesDep,
+    caller: CallerDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[FitResource]:
     """Fits, newest first."""
-    ids = services.store.list_ids(offset, limit)
-    return [_with_links(r) for r in map(services.store.get, ids) if r is not None]
+    ids = caller.services.store.list_ids(offset, limit, owner=caller.owner)
+    return [_with_links(r) for r in map(caller.services.store.get, ids) if r is not None]
 
 
 @router.get("/fits/{fit_id}", tags=["fits"])
-def get_fit(fit_id: str, services: ServicesDep) -> FitResource:
+def get_fit(fit_id: str, caller: CallerDep) -> FitResource:
     """A fit's status, progress while running, timings, versions, and error if it failed."""
-    return _with_links(_fit(services, fit_id))
+    return _with_links(caller.fit(fit_id))
 
 
 @router.get("/fits/{fit_id}/summary", tags=["results"])
 def get_summary(
     fit_id: str,
-    services: ServicesDep,
+    caller: CallerDep,
     prob: ProbQuery = DEFAULT_PROB,
     interval: KindQuery = "hdi",
 ) -> Summary:
     """Posterior mean, sd, interval and MCSE of every parameter."""
-    body = _results(services, fit_id, "summary", interval, prob)
+    body = _results(caller, fit_id, "summary", interval, prob)
     return Summary.model_validate(body)
 
 
 @router.get("/fits/{fit_id}/groups", tags=["results"])
-def list_groups(fit_id: str, services: ServicesDep) -> GroupFactors:
+def list_groups(fit_id: str, caller: CallerDep) -> GroupFactors:
     """The grouping factors of a fit, with their level counts and terms."""
-    groups = _results(services, fit_id, "groups", "hdi", DEFAULT_PROB)
+    groups = _results(caller, fit_id, "groups", "hdi", DEFAULT_PROB)
     factors = [
         GroupInfo(
             factor=name,
@@ -186,43 +195,45 @@ def list_groups(fit_id: str, services: ServicesDep) -> GroupFactors:
 def get_groups(
     fit_id: str,
     factor: str,
-    services: ServicesDep,
+    caller: CallerDep,
     prob: ProbQuery = DEFAULT_PROB,
     interval: KindQuery = "hdi",
 ) -> GroupEffects:
     """Each level of a grouping factor: its partially pooled effect (ranef) and total (coef)."""
-    groups = _results(services, fit_id, "groups", interval, prob)
+    groups = _results(caller, fit_id, "groups", interval, prob)
     if factor not in groups:
         raise NotFound(f"the model has no grouping factor '{factor[:60]}'; it has {sorted(groups)}")
     return GroupEffects.model_validate(groups[factor])
 
 
 @router.get("/fits/{fit_id}/diagnostics", tags=["results"])
-def get_diagnostics(fit_id: str, services: ServicesDep) -> Diagnostics:
+def get_diagnostics(fit_id: str, caller: CallerDep) -> Diagnostics:
     """R-hat, ESS, divergences and a plain-language verdict."""
-    _succeeded(services, fit_id)
-    return Diagnostics.model_validate(services.artifacts.read_json(fit_id, "diagnostics.json"))
+    caller.succeeded(fit_id)
+    return Diagnostics.model_validate(
+        caller.services.artifacts.read_json(fit_id, "diagnostics.json")
+    )
 
 
 @router.get("/fits/{fit_id}/priors", tags=["results"])
-def get_priors(fit_id: str, services: ServicesDep) -> Priors:
+def get_priors(fit_id: str, caller: CallerDep) -> Priors:
     """Every prior the fit used, Bambi's data-scaled defaults included."""
-    _succeeded(services, fit_id)
-    return Priors.model_validate(services.artifacts.read_json(fit_id, "priors.json"))
+    caller.succeeded(fit_id)
+    return Priors.model_validate(caller.services.artifacts.read_json(fit_id, "priors.json"))
 
 
 @router.post("/fits/{fit_id}/predictions", tags=["results"])
-def predict(fit_id: str, request: PredictionRequest, services: ServicesDep) -> Predictions:
+def predict(fit_id: str, request: PredictionRequest, caller: CallerDep) -> Predictions:
     """Predict new rows, for groups seen in training or new ones."""
-    _succeeded(services, fit_id)
-    spec = services.artifacts.read_spec(fit_id)
-    columns = validate_prediction_data(request.data, spec, services.settings)
+    caller.succeeded(fit_id)
+    spec = caller.services.artifacts.read_spec(fit_id)
+    columns = validate_prediction_data(request.data, spec, caller.services.settings)
     payload = {
         "fit_id": fit_id,
         "columns": columns,
         **request.model_dump(exclude={"data"}),
     }
-    return Predictions.model_validate(services.dispatcher.call(tasks.PREDICT, payload))
+    return Predictions.model_validate(caller.services.dispatcher.call(tasks.PREDICT, payload))
 
 
 @router.post(
@@ -230,40 +241,24 @@ def predict(fit_id: str, request: PredictionRequest, services: ServicesDep) -> P
     tags=["models"],
     responses={422: {"description": "The model was refused; the problem names the field."}},
 )
-def validate_model(request: FitRequest, services: ServicesDep) -> ModelDescription:
+def validate_model(request: FitRequest, caller: CallerDep) -> ModelDescription:
     """Dry run: check a fit request and describe the model (terms, groups, parameters,
     priors) without sampling."""
-    spec, _ = validate_fit_request(request, services.settings)
-    body = services.dispatcher.call(tasks.DESCRIBE, {"spec": spec.model_dump(mode="json")})
+    spec, _ = validate_fit_request(request, caller.services.settings)
+    body = caller.services.dispatcher.call(tasks.DESCRIBE, {"spec": spec.model_dump(mode="json")})
     return ModelDescription.model_validate(body)
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-def _fit(services: Services, fit_id: str) -> FitResource:
-    record = services.store.get(fit_id) if is_fit_id(fit_id) else None
-    if record is None:
-        raise NotFound(f"there is no fit '{fit_id[:64]}'")
-    return record
-
-
-def _succeeded(services: Services, fit_id: str) -> FitResource:
-    record = _fit(services, fit_id)
-    if record.status is not FitStatus.SUCCEEDED:
-        raise NotReady(f"the fit is {record.status.value}; results exist once it has succeeded")
-    return record
-
-
-def _results(
-    services: Services, fit_id: str, what: str, interval: IntervalKind, prob: float
-) -> Any:
+def _results(caller: Caller, fit_id: str, what: str, interval: IntervalKind, prob: float) -> Any:
     """Stored results at the default interval; other intervals are computed by a worker."""
-    _succeeded(services, fit_id)
+    caller.succeeded(fit_id)
     if interval == "hdi" and prob == DEFAULT_PROB:
-        return services.artifacts.read_json(fit_id, f"{what}.json")
+        return caller.services.artifacts.read_json(fit_id, f"{what}.json")
     payload = {"fit_id": fit_id, "what": what, "interval": interval, "prob": prob}
-    return services.dispatcher.call(tasks.RESULTS, payload)
+    return caller.services.dispatcher.call(tasks.RESULTS, payload)
 
 
 def _digest(text: str) -> str:

@@ -5,8 +5,11 @@ The whole tree::
     ServiceError                 base: an HTTP status, a short title, a detail for humans
     ├── InvalidRequest     422   the request says something the service refuses; carries
     │                            ``errors``: one ``{"field": ..., "message": ...}`` per problem
-    ├── NotFound           404   no such fit (or factor, or level)
+    ├── Unauthorized       401   no API key, or one the service does not know
+    ├── NotFound           404   no such fit (or factor, or level), or another key's fit
     ├── NotReady           409   results asked for before the fit has succeeded
+    ├── PayloadTooLarge    413   the request body is over the limit (checked before parsing)
+    ├── TooManyRequests    429   over the key's submission quota; retry after ``retry_after``
     └── Unavailable        503   Redis or the workers did not answer in time; retry later
 
     FitFailed                    raised inside the worker; stored on the job record as data
@@ -56,6 +59,13 @@ class InvalidRequest(ServiceError):
         return cls([FieldError(field, message)])
 
 
+class Unauthorized(ServiceError):
+    """The request carries no valid API key."""
+
+    status = 401
+    title = "Unauthorized"
+
+
 class NotFound(ServiceError):
     """No such resource."""
 
@@ -68,6 +78,24 @@ class NotReady(ServiceError):
 
     status = 409
     title = "Fit not ready"
+
+
+class PayloadTooLarge(ServiceError):
+    """The request body is larger than the service accepts."""
+
+    status = 413
+    title = "Payload too large"
+
+
+class TooManyRequests(ServiceError):
+    """Over a quota; the client should retry after ``retry_after`` seconds."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class Unavailable(ServiceError):

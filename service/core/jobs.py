@@ -6,6 +6,8 @@ Keys (all under ``{prefix}:``)::
                     timings, versions, error, started_at, finished_at, cancel
                     (JSON-encoded fields); expires ``retention`` after the fit is final
     fits            sorted set of ids by creation time, for listing and sweeping
+    owned:{owner}   the same, per API key (``owner`` is a digest of the key)
+    rate:{owner}:{minute}  submissions counted for the per-key quota
     active          set of ids that are queued or running, for the reconciler
     lock:{id}       held by the one worker process running the fit, refreshed by its
                     heartbeat; a running fit whose lock expired has lost its worker
@@ -20,6 +22,7 @@ each is one atomic step in Redis.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -39,9 +42,10 @@ from service.core.schemas import (
 # Create a fit only once (two identical requests racing create it once).
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'status', 'queued', 'attempts', 0)
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'status', 'queued', 'attempts', 0, 'owner', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 return 1
 """
 
@@ -130,7 +134,7 @@ class JobStore:
         existing = self.redis.get(name)
         return existing.decode() if isinstance(existing, bytes) else fit_id
 
-    def create(self, fit_id: str, spec: FitSpec) -> FitResource:
+    def create(self, fit_id: str, spec: FitSpec, owner: str = "") -> FitResource:
         """Record a new fit as queued (an existing record with this id is kept as it is)."""
         now = utcnow()
         meta = {
@@ -143,8 +147,8 @@ class JobStore:
             "created_at": now.isoformat(),
         }
         self._create(
-            keys=[self._key(fit_id), f"{self.prefix}:fits", self._active],
-            args=[json.dumps(meta), now.timestamp(), fit_id],
+            keys=[self._key(fit_id), f"{self.prefix}:fits", self._active, self._owned(owner)],
+            args=[json.dumps(meta), now.timestamp(), fit_id, owner],
         )
         record = self.get(fit_id)
         assert record is not None
@@ -186,10 +190,30 @@ class JobStore:
         value = self.redis.hget(self._key(fit_id), "status")
         return FitStatus(value.decode()) if isinstance(value, bytes) else None
 
-    def list_ids(self, offset: int, limit: int) -> list[str]:
-        """Fit ids, newest first."""
-        ids = self.redis.zrevrange(f"{self.prefix}:fits", offset, offset + limit - 1)
+    def _owned(self, owner: str) -> str:
+        return f"{self.prefix}:owned:{owner}"
+
+    def owner(self, fit_id: str) -> str | None:
+        """Who created the fit (an API key's digest; empty without keys), None if unknown."""
+        value = self.redis.hget(self._key(fit_id), "owner")
+        return value.decode() if isinstance(value, bytes) else None
+
+    def list_ids(self, offset: int, limit: int, owner: str | None = None) -> list[str]:
+        """Fit ids, newest first; only ``owner``'s when given."""
+        key = f"{self.prefix}:fits" if owner is None else self._owned(owner)
+        ids = self.redis.zrevrange(key, offset, offset + limit - 1)
         return [i.decode() for i in ids]  # type: ignore[union-attr]
+
+    def count_submission(self, owner: str, window_s: int = 60) -> tuple[int, int]:
+        """Count a submission in ``owner``'s current window: (count so far, seconds left)."""
+        now = int(time.time())
+        window = now // window_s
+        key = f"{self.prefix}:rate:{owner}:{window}"
+        pipe = self.redis.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, window_s)
+        count, _ = pipe.execute()
+        return int(count), window_s - now % window_s
 
     def active_ids(self) -> list[str]:
         """Ids of fits that are queued or running."""
@@ -275,7 +299,9 @@ class JobStore:
 
     def delete(self, fit_id: str) -> None:
         """Forget a fit entirely."""
+        owner = self.owner(fit_id) or ""
         pipe = self.redis.pipeline()
+        pipe.zrem(self._owned(owner), fit_id)
         pipe.delete(self._key(fit_id))
         pipe.zrem(f"{self.prefix}:fits", fit_id)
         pipe.srem(self._active, fit_id)

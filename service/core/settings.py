@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     )
     model_cache_size: int = Field(default=8, description="Fitted models kept warm per worker.")
 
+    # Security.
+    api_key_hashes: list[str] = Field(
+        default_factory=list,
+        description="SHA-256 hex digests of the accepted API keys (JSON list). Empty: no keys "
+        "are asked for (local use).",
+    )
+    submissions_per_minute: int = Field(default=120, description="Fits one key may submit.")
+    max_body_bytes: int = Field(default=64 * 1024**2, description="Largest request body.")
+    cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
