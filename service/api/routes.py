@@ -150,7 +150,7 @@ async def create_fit_from_csv(
 @router.get("/fits", tags=["fits"])
 def list_fits(
     caller: CallerDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[FitResource]:
     """Fits, newest first."""
