@@ -13,6 +13,7 @@ from functools import cache
 from importlib.metadata import version
 from typing import Any
 
+import psutil
 from redis import Redis
 
 from service.core import tasks
@@ -57,6 +58,11 @@ def context() -> Context:
         artifacts=artifacts,
         cache=FittedModelCache(artifacts, settings.model_cache_size),
     )
+
+
+def rss_mb() -> float:
+    """Resident memory of this process, in MiB."""
+    return float(psutil.Process().memory_info().rss) / 1024**2
 
 
 def library_versions() -> dict[str, str]:
@@ -118,7 +124,11 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context) -> None:
     def stop_reason() -> str | None:
         if ctx.store.cancel_requested(fit_id):
             return "cancelled"
-        return "timeout" if time.monotonic() > deadline else None
+        if time.monotonic() > deadline:
+            return "timeout"
+        if rss_mb() > ctx.settings.max_fit_rss_mb:
+            return "out_of_memory"
+        return None
 
     timings = Timings(queued_s=(utcnow() - record.created_at).total_seconds())
     try:

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(
         default=10.0, description="How often lost or orphaned fits are re-queued."
     )
+    max_fit_rss_mb: int = Field(
+        default=8192, description="A fit whose worker process grows past this fails clearly."
+    )
+    worker_recycle_rss_mb: int = Field(
+        default=2048, description="A pool process above this after a task is replaced."
+    )
     retention_s: int = Field(
         default=7 * 24 * 3600, description="How long finished fits and their files are kept."
     )

@@ -80,8 +80,9 @@ def pool_children(pid: int) -> list[psutil.Process]:
         return []
 
 
-def deploy(folder: Path, url: str) -> Deployment:
-    """Start the API and both workers on Redis at ``url``, with files under ``folder``."""
+def deploy(folder: Path, url: str, **settings: str) -> Deployment:
+    """Start the API and both workers on Redis at ``url``, with files under ``folder``;
+    ``settings`` are extra environment variables (``HBM_...``)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -93,6 +94,7 @@ def deploy(folder: Path, url: str) -> Deployment:
         # Fault tests want a lost worker noticed in seconds, not the production 30 s.
         HBM_LOCK_TTL_S="3",
         HBM_RECONCILE_INTERVAL_S="1",
+        **settings,
     )
     env.pop("HBM_REDIS_URL", None)
     running = Deployment(f"http://127.0.0.1:{port}", env, folder, {})

@@ -130,6 +130,8 @@ def sample(
 STOP_MESSAGES = {
     "cancelled": "the fit was cancelled",
     "timeout": "the fit ran past its time limit",
+    "out_of_memory": "the fit needed more memory than a fit may use; use fewer draws or "
+    "a smaller model",
 }
 
 
