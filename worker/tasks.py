@@ -103,13 +103,13 @@ def run_fit(fit_id: str, ctx: Context) -> None:
         log.info("fit %s is running elsewhere; this delivery is dropped", fit_id)
         return
     try:
-        with Heartbeat(ctx.store, fit_id, token, ctx.settings.lock_ttl_s):
-            _run_locked(fit_id, record, ctx)
+        with Heartbeat(ctx.store, fit_id, token, ctx.settings.lock_ttl_s) as heartbeat:
+            _run_locked(fit_id, record, ctx, heartbeat)
     finally:
         ctx.store.release_lock(fit_id, token)
 
 
-def _run_locked(fit_id: str, record: FitResource, ctx: Context) -> None:
+def _run_locked(fit_id: str, record: FitResource, ctx: Context, heartbeat: Heartbeat) -> None:
     attempt = ctx.store.start_attempt(fit_id)
     if attempt is None:
         log.info("fit %s was cancelled before it started", fit_id)
@@ -122,6 +122,8 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context) -> None:
     deadline = time.monotonic() + record.sampler.time_limit_s
 
     def stop_reason() -> str | None:
+        if heartbeat.lost.is_set():
+            return "lock_lost"
         if ctx.store.cancel_requested(fit_id):
             return "cancelled"
         if time.monotonic() > deadline:
@@ -159,9 +161,16 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context) -> None:
         timings.sampling_s = result.sampling_s
         timings.summarize_s = time.perf_counter() - summarizing
         timings.total_s = time.perf_counter() - started
+        # Cancelled (or taken over) while summarising: the results are not published.
+        if heartbeat.lost.is_set():
+            raise FitFailed("lock_lost", "another run owns the fit")
+        if ctx.store.cancel_requested(fit_id):
+            raise FitFailed("cancelled", "the fit was cancelled")
         ctx.store.finish(fit_id, FitStatus.SUCCEEDED, timings=timings, versions=library_versions())
     except FitFailed as exc:
-        if exc.reason == "cancelled":
+        if exc.reason == "lock_lost":
+            log.warning("fit %s: stopped, another run owns it now", fit_id)
+        elif exc.reason == "cancelled":
             log.info("fit %s cancelled while running", fit_id)
             ctx.store.finish(fit_id, FitStatus.CANCELLED)
         else:
@@ -223,6 +232,7 @@ def predict_task(payload: dict[str, Any], reply_key: str) -> None:
             fitted.model,
             fitted.posterior,
             frame(payload["columns"], fitted.spec),
+            labels=frame(payload["columns"]),
             kind=payload["kind"],
             interval_kind=payload["interval"],
             prob=payload["prob"],

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.core.errors import (
     FieldError,
     InvalidRequest,
+    NotFound,
     ServiceError,
     TooManyRequests,
     Unauthorized,
@@ -101,6 +102,11 @@ def install(app: FastAPI) -> None:
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", type(exc).__name__)
         return _from_service_error(Unavailable("the job store is not reachable; retry shortly"))
+
+    @app.exception_handler(FileNotFoundError)
+    async def files_gone(_: Request, exc: FileNotFoundError) -> JSONResponse:
+        # A fit's files vanish when it is deleted or expires while a request reads them.
+        return _from_service_error(NotFound("the fit's results are not stored any more"))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

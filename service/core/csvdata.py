@@ -34,7 +34,12 @@ def parse_csv(payload: bytes, field: str = "file") -> dict[str, list[Scalar]]:
         text = payload.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidRequest.one(field, "the CSV file is not UTF-8 text") from exc
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise InvalidRequest.one(
+            field, "the CSV file could not be read (a field is too long?)"
+        ) from exc
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise InvalidRequest.one(field, "the CSV file has no header row")
     header = [name.strip() for name in rows[0]]

@@ -39,6 +39,7 @@ RESPONSE_CALLS = frozenset({"log", "log2", "log10", "exp", "sqrt", "abs", "I", "
 
 MAX_NESTING = 12
 MAX_NODES = 300
+MAX_TERMS = 200
 MAX_POWER = 3
 MAX_LITERAL = 1e6
 
@@ -55,6 +56,8 @@ class FormulaInfo:
     response: str
     predictors: set[str] = field(default_factory=set)
     group_factors: list[list[str]] = field(default_factory=list)
+    #: for each group term, how many design columns its expression expands to
+    group_widths: list[int] = field(default_factory=list)
     trials: str | int | None = None  # binomial ``p(successes, trials)``: a column or a number
 
     @property
@@ -114,32 +117,39 @@ def check_formula(
         response = parameter
     else:
         raise refuse(f"the left side must be '{parameter}'")
-    walker.model_terms(tree.right, depth=0)
+    if walker.model_terms(tree.right, depth=0) > MAX_TERMS:
+        raise refuse(f"the formula expands to more than {MAX_TERMS} terms")
     return FormulaInfo(
         response=response,
         predictors=walker.names,
         group_factors=walker.group_factors,
+        group_widths=walker.group_widths,
         trials=walker.trials,
     )
 
 
-def term_names(formula: str) -> list[str]:
+def term_names(formula: str, field_name: str = "formula") -> list[str]:
     """Bambi's names for the terms of a checked formula (``Intercept``, ``x``, ``1|g``...)."""
     from formulae import model_description
 
-    return [str(term.name) for term in model_description(formula).terms]
+    try:
+        return [str(term.name) for term in model_description(formula).terms]
+    except Exception as exc:  # formulae refuses some shapes our grammar lets through
+        raise InvalidRequest.one(
+            field_name, "the formula's terms cannot be formed (e.g. '1:x' or '(0 | g)')"
+        ) from exc
 
 
 def _check_brackets(formula: str, refuse: _Refuse) -> None:
     if formula.count("`") % 2:
         raise refuse("a backquoted name is not closed")
     depth = 0
-    quoted = False
+    quote = ""
     for char in formula:
-        if char == "`":
-            quoted = not quoted
-        elif quoted:
-            continue
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "`'\"":
+            quote = char
         elif char in "([{":
             depth += 1
             if depth > MAX_NESTING:
@@ -164,6 +174,7 @@ class _Walker:
         self.refuse = refuse
         self.names: set[str] = set()
         self.group_factors: list[list[str]] = []
+        self.group_widths: list[int] = []
         self.trials: str | int | None = None
         self.nodes = 0
 
@@ -236,44 +247,66 @@ class _Walker:
             )
         return name
 
-    def model_terms(self, node: object, depth: int) -> None:
-        """The right-hand side: terms joined by model operators, and group terms."""
+    def model_terms(self, node: object, depth: int) -> int:
+        """The right-hand side: terms joined by model operators, and group terms.
+
+        Returns an upper bound on the number of terms the part expands to, so that products
+        such as ``a*b*c*...`` (2^n terms) are refused before formulae expands them.
+        """
         self._count()
         if isinstance(node, Literal):
             if node.value not in (0, 1) or isinstance(node.value, bool):
                 raise self.refuse(f"the number {node.value!r} cannot stand as a term")
-        elif isinstance(node, Variable | QuotedName):
+            return int(node.value)
+        if isinstance(node, Variable | QuotedName):
             self.names.add(self.column(node))
-        elif isinstance(node, Grouping):
+            return 1
+        if isinstance(node, Grouping):
             inner = node.expression
             if isinstance(inner, Binary) and inner.operator.kind == "PIPE":
                 self.group_term(inner)
-            else:
-                self.model_terms(inner, depth + 1)
-        elif isinstance(node, Unary):
+                return 1
+            return self.model_terms(inner, depth + 1)
+        if isinstance(node, Unary):
             if node.operator.kind != "MINUS" or not _is_literal(node.right, (0, 1)):
                 raise self.refuse("only '-1' and '-0' may be negated outside a function")
-        elif isinstance(node, Binary):
+            return 0
+        if isinstance(node, Binary):
             kind = node.operator.kind
             if kind == "PIPE":
                 raise self.refuse("a group term must be in parentheses, as in '(1 | g)'")
             if kind not in _MODEL_OPERATORS:
                 raise self.refuse(f"the operator '{node.operator.lexeme}' is not allowed")
-            self.model_terms(node.left, depth + 1)
+            left = self.model_terms(node.left, depth + 1)
             if kind == "STAR_STAR":
                 self.small_power(node.right)
+                assert isinstance(node.right, Literal)
+                terms = left ** int(node.right.value)
             else:
-                self.model_terms(node.right, depth + 1)
-        elif isinstance(node, Call):
+                right = self.model_terms(node.right, depth + 1)
+                terms = {
+                    "PLUS": left + right,
+                    "MINUS": left,
+                    "STAR": left + right + left * right,
+                    "COLON": left * right,
+                    "SLASH": left + left * right,
+                }[kind]
+            if terms > MAX_TERMS:
+                raise self.refuse(f"the formula expands to more than {MAX_TERMS} terms")
+            return int(terms)
+        if isinstance(node, Call):
             self.call(node)
-        else:
-            raise self.refuse("the formula contains an expression that is not allowed")
+            return 1
+        raise self.refuse("the formula contains an expression that is not allowed")
 
     def group_term(self, node: Binary) -> None:
         """``(expr | factor)``: the factor is one or more columns joined by ':' or '/'."""
-        self.model_terms(node.left, 1)
+        width = self.model_terms(node.left, 1)
+        if not _states_intercept(node.left):
+            width += 1  # formulae adds an intercept unless the expression says 0 or 1
         factor = self._factor_columns(node.right)
         self.group_factors.append(factor)
+        self.group_widths.append(width)
         self.names.update(factor)
 
     def _factor_columns(self, node: object) -> list[str]:
@@ -320,6 +353,8 @@ class _Walker:
                 )
             self.arithmetic(node.left, depth + 1)
             if node.operator.kind == "STAR_STAR":
+                if not _mentions_column(node.left):
+                    raise self.refuse("a power needs a column in its base, as in 'I(x ** 2)'")
                 self.small_power(node.right)
             else:
                 self.arithmetic(node.right, depth + 1)
@@ -335,6 +370,28 @@ class _Walker:
         self._count()
         if not _is_literal(node, range(1, MAX_POWER + 1)):
             raise self.refuse(f"a power must be a whole number from 1 to {MAX_POWER}")
+
+
+def _states_intercept(node: object) -> bool:
+    """Whether a sum of terms includes an explicit 0 or 1."""
+    if isinstance(node, Literal):
+        return True
+    if isinstance(node, Grouping):
+        return _states_intercept(node.expression)
+    if isinstance(node, Unary):
+        return True
+    if isinstance(node, Binary) and node.operator.kind in ("PLUS", "MINUS"):
+        return _states_intercept(node.left) or _states_intercept(node.right)
+    return False
+
+
+def _mentions_column(node: object) -> bool:
+    """Whether an arithmetic expression refers to any name at all."""
+    if isinstance(node, Variable | QuotedName):
+        return True
+    children = [getattr(node, name, None) for name in ("left", "right", "expression")]
+    children += list(getattr(node, "args", []) or [])
+    return any(_mentions_column(child) for child in children if child is not None)
 
 
 def _is_literal(node: object, allowed: Collection[int]) -> bool:

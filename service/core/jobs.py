@@ -71,6 +71,15 @@ end
 return status or ''
 """
 
+# Re-queue a fit whose worker was lost: only if it is still running and nobody holds it.
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued')
+redis.call('HDEL', KEYS[1], 'progress')
+return 1
+"""
+
 # Release a lock only if this run still holds it; refresh likewise.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -107,6 +116,7 @@ class JobStore:
         self._create = redis.register_script(_CREATE)
         self._start = redis.register_script(_START)
         self._cancel = redis.register_script(_CANCEL)
+        self._requeue = redis.register_script(_REQUEUE)
         self._release = redis.register_script(_RELEASE)
         self._refresh = redis.register_script(_REFRESH)
 
@@ -242,10 +252,10 @@ class JobStore:
         attempts = int(self._start(keys=[self._key(fit_id)], args=[utcnow().isoformat()]))
         return None if attempts < 0 else attempts
 
-    def requeue(self, fit_id: str) -> None:
-        """Put a fit whose worker was lost back to queued (a new message must follow)."""
-        self.redis.hset(self._key(fit_id), "status", FitStatus.QUEUED.value)
-        self.redis.hdel(self._key(fit_id), "progress")
+    def requeue(self, fit_id: str) -> bool:
+        """Put a running fit whose lock expired back to queued; False if it was not (it
+        finished or was picked up meanwhile). A new message must follow a True."""
+        return bool(self._requeue(keys=[self._key(fit_id), self._lock(fit_id)]))
 
     def set_progress(self, fit_id: str, progress: Progress) -> None:
         """Replace the progress of a running fit."""

@@ -42,12 +42,12 @@ class Outcome:
     swept: list[str]
 
 
-def broker_has_message(broker: Redis, queue: str, fit_id: str) -> bool:
-    """Whether the broker holds a message for ``fit_id`` (queued or delivered, unacked)."""
-    needle = fit_id.encode()
-    if any(needle in raw for raw in broker.lrange(queue, 0, -1)):
-        return True
-    return any(needle in raw for raw in broker.hvals("unacked"))
+def broker_messages(broker: Redis, queue: str) -> bytes:
+    """Every message the broker holds for ``queue`` (queued, or delivered and unacked),
+    joined, to search for fit ids in one pass."""
+    queued = broker.lrange(queue, 0, -1)
+    unacked = broker.hvals("unacked")
+    return b"\n".join([*queued, *unacked])  # type: ignore[list-item]
 
 
 def reconcile_once(
@@ -62,21 +62,25 @@ def reconcile_once(
     """One pass over the active fits and the fits past retention."""
     now = time.time() if now is None else now
     outcome = Outcome([], [], [])
+    messages: bytes | None = None
     for fit_id in store.active_ids():
         record = store.get(fit_id)
         if record is None or record.status.is_final:
             store.forget_active(fit_id)
         elif record.status is FitStatus.RUNNING and not store.lock_held(fit_id):
-            log.warning("fit %s lost its worker; re-queueing it", fit_id)
-            store.requeue(fit_id)
-            enqueue(fit_id)
-            outcome.requeued.append(fit_id)
+            if store.requeue(fit_id):
+                log.warning("fit %s lost its worker; re-queueing it", fit_id)
+                enqueue(fit_id)
+                outcome.requeued.append(fit_id)
         elif (
             record.status is FitStatus.QUEUED
             and now - record.created_at.timestamp() > QUEUED_GRACE_S
             and not store.lock_held(fit_id)
-            and not broker_has_message(store.redis, queue, fit_id)
         ):
+            if messages is None:
+                messages = broker_messages(store.redis, queue)
+            if fit_id.encode() in messages:
+                continue
             log.warning("fit %s had no queue message; sending it again", fit_id)
             enqueue(fit_id)
             outcome.resent.append(fit_id)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Scalar = str | int | float | bool | None
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Records = list[dict[str, Scalar]]
 Columns = dict[str, list[Scalar]]
 
@@ -79,7 +80,7 @@ class PriorSpec(Strict):
     """
 
     dist: str = Field(examples=["Normal", "HalfNormal", "StudentT"])
-    params: dict[str, float | PriorSpec] = Field(default_factory=dict)
+    params: dict[str, FiniteFloat | PriorSpec] = Field(default_factory=dict)
 
 
 class ModelRequest(Strict):
@@ -248,7 +249,9 @@ class LevelEffect(BaseModel):
 
     term: str = Field(examples=["1|school"])
     ranef: Estimate
-    coef: Estimate
+    coef: Estimate | None = Field(
+        description="Fixed part + ranef; null for a categorical group expression."
+    )
 
 
 class GroupLevel(BaseModel):

@@ -87,9 +87,14 @@ def check_values(
         bad = sum(isinstance(v, float) and not math.isfinite(v) for v in values)
         if bad:
             errors.append(FieldError(f"{field}.{name}", f"{bad} values are not finite numbers"))
+        huge = sum(isinstance(v, int) and abs(v) > 2**53 for v in values)
+        if huge:
+            errors.append(FieldError(f"{field}.{name}", f"{huge} values are too large"))
         kinds = {type(v) for v in values if v is not None}
         if str in kinds and kinds - {str}:
             errors.append(FieldError(f"{field}.{name}", "mixes text with numbers or booleans"))
+        elif bool in kinds and kinds - {bool}:
+            errors.append(FieldError(f"{field}.{name}", "mixes booleans with numbers"))
     if errors:
         raise InvalidRequest(errors)
 
@@ -112,6 +117,7 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
     info = check_formula(request.formula, columns, max_length=settings.max_formula_length)
     _check_binomial_form(fam, info)
     used = set(info.variables)
+    infos = [info]
     terms = term_names(request.formula)
     for parameter, rhs in request.distributional.items():
         field = f"distributional.{parameter}"
@@ -128,8 +134,9 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
             parameter=parameter,
         )
         used |= extra.predictors
-        terms += [f"{parameter}_{term}" for term in term_names(formula)]
-    _check_groups(info, columns, settings)
+        infos.append(extra)
+        terms += [f"{parameter}_{term}" for term in term_names(formula, field_name=field)]
+    _check_groups(infos, columns, settings)
     _check_categorical(request.categorical, columns, used)
     check_values(columns, used, "data", allow_missing=request.na_action == "drop")
     kept, n_dropped = drop_incomplete(columns, used)
@@ -157,27 +164,34 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
 
 
 def _check_groups(
-    info: FormulaInfo, columns: Mapping[str, Sequence[Scalar]], settings: Settings
+    infos: Sequence[FormulaInfo], columns: Mapping[str, Sequence[Scalar]], settings: Settings
 ) -> None:
-    """Limits on grouping factors, and the size of the dense design Bambi would build."""
-    factors = {":".join(f): f for f in info.group_factors}
+    """Limits on grouping factors (in every formula), and the size of the dense group-level
+    design Bambi would build: rows x (levels x expression columns) over all group terms."""
+    terms = [
+        (":".join(factor), factor, width)
+        for info in infos
+        for factor, width in zip(info.group_factors, info.group_widths, strict=True)
+    ]
+    factors = {name for name, _, _ in terms}
     if len(factors) > settings.max_group_factors:
         raise InvalidRequest.one(
             "formula",
             f"{len(factors)} grouping factors; the limit is {settings.max_group_factors}",
         )
     n_rows = len(next(iter(columns.values())))
+    levels: dict[str, int] = {}
     group_columns = 0
-    for name, parts in factors.items():
-        levels = len(set(zip(*(columns[c] for c in parts), strict=True)))
-        if levels > settings.max_levels_per_factor:
-            raise InvalidRequest.one(
-                "formula",
-                f"the factor '{name[:60]}' has {levels} levels; "
-                f"the limit is {settings.max_levels_per_factor}",
-            )
-        terms = sum(1 for f in info.group_factors if ":".join(f) == name)
-        group_columns += levels * terms
+    for name, parts, width in terms:
+        if name not in levels:
+            levels[name] = len(set(zip(*(columns[c] for c in parts), strict=True)))
+            if levels[name] > settings.max_levels_per_factor:
+                raise InvalidRequest.one(
+                    "formula",
+                    f"the factor '{name[:60]}' has {levels[name]} levels; "
+                    f"the limit is {settings.max_levels_per_factor}",
+                )
+        group_columns += levels[name] * width
     size = n_rows * group_columns * 8
     if size > settings.max_design_bytes:
         raise InvalidRequest.one(

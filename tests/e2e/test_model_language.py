@@ -154,3 +154,36 @@ def test_incomplete_rows_are_dropped_on_request_and_counted(client: httpx.Client
     location = fit(client, data=data, formula="y ~ x + (1 | g)", na_action="drop")
     record = client.get(location).json()
     assert (record["n_obs"], record["n_dropped"]) == (233, 7)
+
+
+def test_a_known_per_row_sd_fits_and_predicts(client: httpx.Client) -> None:
+    data = features()
+    data["log_sd"] = [-0.5] * len(data["y"])
+    location = fit(
+        client,
+        data=data,
+        formula="y ~ x + (1 | g)",
+        distributional={"sigma": "0 + offset(log_sd)"},
+    )
+    assert "sigma" not in summary(client, location)  # known, not estimated
+    rows = {"x": [0.0, 0.0], "g": ["g1", "new"], "log_sd": [-0.5, -0.5]}
+    answer = client.post(f"{location}/predictions", json={"data": rows, "kind": "response"})
+    assert answer.status_code == 200, answer.text
+    assert [r["groups"]["g"] for r in answer.json()["rows"]] == ["seen", "new"]
+
+
+def test_new_levels_of_a_declared_factor_are_told_apart(client: httpx.Client) -> None:
+    levels = [f"g{i}" for i in range(6)]
+    location = fit(client, formula="y ~ x + (1 | g)", categorical={"g": levels})
+    rows = {"x": [0.0] * 3, "g": ["new-a", "new-b", "new-a"]}
+    predicted = client.post(f"{location}/predictions", json={"data": rows, "seed": 3}).json()
+    a, b, a_again = predicted["rows"]
+    assert a["mean"] != b["mean"]
+    assert a["mean"] == a_again["mean"]
+
+
+def test_a_categorical_group_expression_has_no_single_coef(client: httpx.Client) -> None:
+    location = fit(client, formula="y ~ C(c) + (0 + C(c) | g)")
+    level = client.get(f"{location}/groups/g").json()["levels"][0]
+    assert len(level["effects"]) == 3  # one per colour
+    assert all(e["coef"] is None and e["ranef"]["sd"] > 0 for e in level["effects"])

@@ -121,6 +121,10 @@ def test_records_and_columns_are_the_same_data(client: TestClient) -> None:
         ({"data": {"school": [1, 2], "score": ["a", "b"]}}, "data.score", "must be numeric"),
         ({"data": {"school": list(range(1001)), "score": [0.0] * 1001}}, "data", "limit is 1000"),
         ({"colour": "blue"}, "colour", "Extra inputs are not permitted"),
+        ({"data": {"school": [1, 2], "score": [10**400, 1]}}, "data.score", "too large"),
+        ({"data": {"school": [1, 2], "score": [True, 2.5]}}, "data.score", "mixes booleans"),
+        ({"formula": "score ~ 1:school"}, "formula", "terms cannot be formed"),
+        ({"formula": "score ~ (0 | school)"}, "formula", "terms cannot be formed"),
     ],
 )
 def test_bad_requests_get_a_422_naming_the_field_and_nothing_is_queued(
@@ -207,6 +211,32 @@ def test_models_too_large_are_refused_up_front(
     response = client.post("/v1/fits", json=body(**overrides))
     assert response.status_code == 422
     assert message in response.json()["detail"]
+
+
+def test_non_finite_prior_parameters_are_refused(
+    client: TestClient, dispatcher: RecordingDispatcher
+) -> None:
+    raw = (
+        '{"data": {"school": [1, 2], "score": [1.0, 2.0]}, "formula": "score ~ (1|school)",'
+        ' "priors": {"Intercept": {"dist": "Normal", "params": {"mu": NaN, "sigma": 1}}}}'
+    )
+    response = client.post(
+        "/v1/fits", content=raw.encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"].startswith("priors.Intercept.params.mu")
+    assert dispatcher.fits == []
+
+
+def test_group_limits_apply_to_distributional_formulas_too(client: TestClient) -> None:
+    n = 400
+    data = {"y": [0.0] * n, "x": [0.5] * n, "g": list(range(n))}
+    response = client.post(
+        "/v1/fits",
+        json=body(data=data, formula="y ~ x", distributional={"sigma": "(1 | g)"}),
+    )
+    assert response.status_code == 422
+    assert "group-level design would take" in response.json()["detail"]
 
 
 def test_refusals_do_not_echo_large_inputs(client: TestClient) -> None:

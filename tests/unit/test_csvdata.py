@@ -25,6 +25,7 @@ def test_cells_are_typed_and_blanks_are_missing() -> None:
         (b"a,b,a\n1,2,3\n", "repeats the columns ['a']"),
         (b"a,b\n1,2\n3\n", "line 3 has 1 fields; the header has 2"),
         (b"a,b\n\xff\xfe,1\n", "not UTF-8"),
+        (b'a,b\n"' + b"x" * 200_000 + b'",1\n', "could not be read"),
     ],
 )
 def test_bad_files_are_refused(payload: bytes, message: str) -> None:

@@ -91,6 +91,10 @@ HOSTILE = [
     "y ~ I(x ** x)",
     "y ~ True",
     "y ~ I(x * 1e300)",
+    # a power tower of numbers: Python big integers that would run for days
+    "y ~ I(x + 1000000**3**3**3**3**3**3**3**3**3**3**3**3**3**3)",
+    # products that expand to 2^n terms before anything could refuse them
+    "y ~ " + "*".join(["x", "z", "g", "h"] * 4),
     # trailing junk, deep nesting, too many parts, unterminated backquote (loops formulae)
     "y ~ x ; import os",
     "y ~ x g h",
@@ -111,3 +115,16 @@ def test_hostile_formulas_are_refused_and_nothing_runs(formula: str) -> None:
     assert caught.value.errors[0].field == "formula"
     assert len(message) < 200, "refusals are short and never echo the whole input"
     assert not MARKER.exists()
+
+
+@pytest.mark.parametrize(
+    ("formula", "widths"),
+    [
+        ("y ~ (1|g)", [1]),
+        ("y ~ (x|g)", [2]),
+        ("y ~ (0 + x|g)", [1]),
+        ("y ~ (x*z|g) + (1|h)", [4, 1]),
+    ],
+)
+def test_group_terms_report_their_design_width(formula: str, widths: list[int]) -> None:
+    assert check_formula(formula, COLUMNS).group_widths == widths

@@ -33,14 +33,19 @@ def predict(
     interval_kind: IntervalKind,
     prob: float,
     seed: int | None,
+    labels: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Per-row mean, sd and interval of the expected value (``mean``) or of new responses."""
+    """Per-row mean, sd and interval of the expected value (``mean``) or of new responses.
+
+    ``labels`` holds the rows' group labels as sent (before categorical coding, which turns
+    levels it does not know into missing values); new levels are told apart by them.
+    """
     rng = np.random.default_rng(seed)
     n = len(data)
     status: dict[str, np.ndarray] = {}
     params: dict[str, xr.DataArray] = {}
     for name, component in model.conditional_parameters.items():
-        eta = _linear_predictor(component, posterior, data, rng, status)
+        eta = _linear_predictor(component, posterior, data, rng, status, labels)
         params[component.alias or name] = _response_scale(model, name, eta, posterior)
     extended = posterior.assign({k: v for k, v in params.items()}).assign_coords(
         {OBS: np.arange(n)}
@@ -103,6 +108,7 @@ def _linear_predictor(
     data: pd.DataFrame,
     rng: np.random.Generator,
     status: dict[str, np.ndarray],
+    labels: pd.DataFrame | None,
 ) -> xr.DataArray:
     n = len(data)
     shape = (posterior.sizes["chain"], posterior.sizes["draw"], n)
@@ -116,16 +122,22 @@ def _linear_predictor(
             raise InvalidRequest.one(
                 "data", "the new data does not fit the model's predictors (unseen category?)"
             ) from exc
-        eta = eta + common.transpose(*SAMPLE_DIMS, OBS)
+        if not isinstance(common, xr.DataArray):  # offsets only: one value per row
+            common = xr.DataArray(np.asarray(common, dtype=float).reshape(n), dims=(OBS,))
+        eta = eta + common
     for term in component.group_specific_terms.values():
-        contribution, factor, new = _group_term(term, posterior, data, rng)
+        contribution, factor, new = _group_term(term, posterior, data, rng, labels)
         eta = eta + xr.DataArray(contribution, dims=(*SAMPLE_DIMS, OBS))
         status[factor] = status.get(factor, np.zeros(n, dtype=bool)) | new
     return eta
 
 
 def _group_term(
-    term: Any, posterior: xr.Dataset, data: pd.DataFrame, rng: np.random.Generator
+    term: Any,
+    posterior: xr.Dataset,
+    data: pd.DataFrame,
+    rng: np.random.Generator,
+    labels: pd.DataFrame | None,
 ) -> tuple[np.ndarray, str, np.ndarray]:
     """Contribution of one group-level term, drawing each new level independently."""
     name = get_aliased_name(term)
@@ -162,7 +174,8 @@ def _group_term(
     per_row[:, :, seen] = b[:, :, index[seen]]
     if new_rows.size:
         columns = sorted(formula_term.factor.var_names)
-        keys = [tuple(data[c].iloc[i] for c in columns) for i in new_rows]
+        source = labels if labels is not None else data
+        keys = [tuple(source[c].iloc[i] for c in columns) for i in new_rows]
         unique = {key: j for j, key in enumerate(dict.fromkeys(keys))}
         fresh = _population_draws(term, posterior, len(unique), k, rng)  # (c, d, new, k)
         per_row[:, :, new_rows] = fresh[:, :, [unique[key] for key in keys]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from service.core.errors import FitFailed
 from service.core.schemas import ChainProgress, Progress, ResolvedSampler
 
 ProgressSink = Callable[[Progress], None]
+log = logging.getLogger(__name__)
 
 #: Seconds between progress reports written to the job record.
 PROGRESS_INTERVAL_S = 0.5
@@ -96,17 +98,13 @@ def sample(
             progress_rate=int(PROGRESS_INTERVAL_S * 1000),
             blocking=False,
         )
-        while not _finished(run):
-            try:
-                _stop_if_asked(stop_reason)
-            except FitFailed:
-                run.cancel()
-                raise
-            with lock:
-                snapshot = list(latest)
-            if snapshot:
-                report(_progress(snapshot))
-            time.sleep(PROGRESS_INTERVAL_S)
+        try:
+            while not _finished(run):
+                _watch(stop_reason, report, latest, lock)
+                time.sleep(PROGRESS_INTERVAL_S)
+        except BaseException:
+            run.cancel()  # never leave chains sampling in the background
+            raise
         trace = run.wait()
         # Bambi's own post-processing, as Model.fit applies it: among others, it turns the
         # intercept of centred predictors back into the intercept of the model as written.
@@ -129,6 +127,7 @@ def sample(
 
 STOP_MESSAGES = {
     "cancelled": "the fit was cancelled",
+    "lock_lost": "the fit's run lock was lost; another run has taken over",
     "timeout": "the fit ran past its time limit",
     "out_of_memory": "the fit needed more memory than a fit may use; use fewer draws or "
     "a smaller model",
@@ -139,6 +138,26 @@ def _stop_if_asked(stop_reason: Callable[[], str | None]) -> None:
     reason = stop_reason()
     if reason is not None:
         raise FitFailed(reason, STOP_MESSAGES.get(reason, reason))
+
+
+def _watch(
+    stop_reason: Callable[[], str | None],
+    report: ProgressSink,
+    latest: list[Any],
+    lock: threading.Lock,
+) -> None:
+    """One look at a running sampler: stop if asked, report progress. A passing failure to
+    reach Redis only skips this look; it does not fail the fit."""
+    try:
+        _stop_if_asked(stop_reason)
+        with lock:
+            snapshot = list(latest)
+        if snapshot:
+            report(_progress(snapshot))
+    except FitFailed:
+        raise
+    except Exception:
+        log.warning("could not check or report progress this time", exc_info=True)
 
 
 def _finished(run: Any) -> bool:

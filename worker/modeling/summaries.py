@@ -152,13 +152,22 @@ def group_effects(
 
 
 def _fixed_counterpart(term: Any, posterior: xr.Dataset) -> xr.DataArray | None:
-    """The common term a group-level term deviates from (Intercept for ``1|g``)."""
-    expr = get_aliased_name(term).split("|")[0]
-    name = "Intercept" if expr == "1" else expr
-    if term.name != get_aliased_name(term) or name not in posterior:
+    """The common term a group-level term deviates from (Intercept for ``1|g``).
+
+    Names follow the term's component (``sigma_1|g`` deviates from ``sigma_Intercept``). A
+    categorical expression has no single fixed counterpart: None, and no ``coef``.
+    """
+    name = get_aliased_name(term)
+    prefix = f"{term.prefix}_" if term.prefix else ""
+    expr = name.split("|")[0].removeprefix(prefix)
+    fixed_name = prefix + ("Intercept" if expr == "1" else expr)
+    if term.name != name or fixed_name not in posterior:
         return None
-    fixed = posterior[name]
-    return fixed if set(fixed.dims) <= set(SAMPLE_DIMS) else None
+    fixed = posterior[fixed_name]
+    ranef_dims = set(posterior[name].dims) - set(SAMPLE_DIMS)
+    if not set(fixed.dims) <= set(SAMPLE_DIMS) or len(ranef_dims) > 1:
+        return None
+    return fixed
 
 
 def _add_term_levels(
@@ -169,8 +178,9 @@ def _add_term_levels(
     factor_dim = next(d for d in ranef.dims if str(d).endswith("__factor_dim"))
     counts = np.bincount(term.group_index, minlength=ranef.sizes[factor_dim])
     fixed = _fixed_counterpart(term, posterior)
-    coef = ranef + fixed if fixed is not None else ranef
-    parts = xr.Dataset({"ranef": ranef, "coef": coef})
+    parts = xr.Dataset({"ranef": ranef})
+    if fixed is not None:
+        parts["coef"] = ranef + fixed
     rows = _rows(parts, kind, prob, diagnostics=False)
     by_level: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
@@ -189,7 +199,11 @@ def _add_term_levels(
                 {
                     "term": term_name,
                     "ranef": _estimate(by_level[("ranef", label)]),  # type: ignore[index]
-                    "coef": _estimate(by_level[("coef", label)]),  # type: ignore[index]
+                    "coef": (
+                        _estimate(by_level[("coef", label)])  # type: ignore[index]
+                        if fixed is not None
+                        else None
+                    ),
                 }
             )
 
