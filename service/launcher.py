@@ -100,13 +100,12 @@ def main() -> None:
                 child.kill()
         raise SystemExit(0)
 
+    # Ctrl-C (SIGINT) and SIGTERM stop everything, even where SIGINT was inherited ignored.
     signal.signal(signal.SIGTERM, stop)
-    try:
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        print("a child process exited; stopping the others", flush=True)
-    except KeyboardInterrupt:
-        pass
+    signal.signal(signal.SIGINT, stop)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.5)
+    print("a child process exited; stopping the others", flush=True)
     stop()
 
 

@@ -158,3 +158,34 @@ def test_fifty_identical_concurrent_submissions_are_one_fit_and_one_run(
         fit = wait_for_fit(client, f"/v1/fits/{ids.pop()}")
     assert fit["status"] == "succeeded"
     assert fit["attempts"] == 1
+
+
+def test_a_second_delivery_of_a_running_fit_does_not_start_a_second_run(
+    deployment: Deployment, client: httpx.Client, seed_records: list[dict[str, Any]]
+) -> None:
+    # What Redis does when a fit outlives the visibility timeout: deliver its message again.
+    from celery import Celery
+    from redis import Redis
+
+    second = deployment.start("worker-fits-2", "worker", "fits")
+    try:
+        while not pool_children(second.pid):
+            time.sleep(0.2)
+        time.sleep(3)  # let the second worker start consuming
+        location = submit(client, seed_records, draws=200_00, tune=1000, seed=85)
+        wait_for_status(client, location, running(1))
+        fit_id = location.rsplit("/", 1)[1]
+        Celery(broker=deployment.env["REDIS_URL"]).send_task(
+            "hbm.fit", args=[fit_id], queue="hbm.fits"
+        )
+        broker = Redis.from_url(deployment.env["REDIS_URL"])
+        deadline = time.monotonic() + 30
+        while broker.llen("hbm.fits") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert broker.llen("hbm.fits") == 0  # the free worker took the duplicate...
+        assert client.get(location).json()["status"] == "running"  # ...while the run went on
+        fit = wait_for_fit(client, location)
+        assert fit["status"] == "succeeded"
+        assert fit["attempts"] == 1  # the duplicate found the run lock held and stood down
+    finally:
+        deployment.stop("worker-fits-2")
