@@ -21,8 +21,8 @@ from service.core.errors import (
     FieldError,
     InvalidRequest,
     NotFound,
+    RetryLater,
     ServiceError,
-    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -52,9 +52,10 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _from_service_error(exc: ServiceError) -> JSONResponse:
+def response_for(exc: ServiceError) -> JSONResponse:
+    """The problem+json answer for a domain error."""
     headers = None
-    if isinstance(exc, Unavailable | TooManyRequests):
+    if isinstance(exc, RetryLater):
         headers = {"Retry-After": str(exc.retry_after)}
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "ApiKey"}
@@ -78,7 +79,7 @@ def _from_validation_error(exc: RequestValidationError) -> JSONResponse:
             seen.add(item)
             errors.append(FieldError(*item))
     shown = errors[:20]
-    return _from_service_error(InvalidRequest(shown))
+    return response_for(InvalidRequest(shown))
 
 
 def install(app: FastAPI) -> None:
@@ -86,7 +87,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return _from_service_error(exc)
+        return response_for(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -101,12 +102,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def redis_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", type(exc).__name__)
-        return _from_service_error(Unavailable("the job store is not reachable; retry shortly"))
+        return response_for(Unavailable("the job store is not reachable; retry shortly"))
 
     @app.exception_handler(FileNotFoundError)
     async def files_gone(_: Request, exc: FileNotFoundError) -> JSONResponse:
         # A fit's files vanish when it is deleted or expires while a request reads them.
-        return _from_service_error(NotFound("the fit's results are not stored any more"))
+        return response_for(NotFound("the fit's results are not stored any more"))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -18,8 +18,8 @@ from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import Caller, ServicesDep
-from service.api.problems import problem
-from service.core.errors import Unauthorized
+from service.api.problems import response_for
+from service.core.errors import PayloadTooLarge, Unauthorized
 
 
 def key_digest(key: str) -> str:
@@ -96,6 +96,6 @@ class BodyLimit:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, "Payload too large", f"the request body is over {self.limit} bytes")
+        response = response_for(PayloadTooLarge(f"the request body is over {self.limit} bytes"))
         response.headers["Connection"] = "close"
         await response(scope, receive, send)

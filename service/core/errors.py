@@ -87,26 +87,26 @@ class PayloadTooLarge(ServiceError):
     title = "Payload too large"
 
 
-class TooManyRequests(ServiceError):
-    """Over a quota; the client should retry after ``retry_after`` seconds."""
-
-    status = 429
-    title = "Too many requests"
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-
-class Unavailable(ServiceError):
-    """A backing service did not answer; the client should retry after ``retry_after`` s."""
-
-    status = 503
-    title = "Service unavailable"
+class RetryLater(ServiceError):
+    """An error the client may retry after ``retry_after`` seconds (sent as Retry-After)."""
 
     def __init__(self, detail: str, retry_after: int = 5) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class TooManyRequests(RetryLater):
+    """Over a quota."""
+
+    status = 429
+    title = "Too many requests"
+
+
+class Unavailable(RetryLater):
+    """A backing service did not answer."""
+
+    status = 503
+    title = "Service unavailable"
 
 
 @dataclass

@@ -105,14 +105,21 @@ def deploy(folder: Path, url: str, **settings: str) -> Deployment:
     return running
 
 
-@pytest.fixture(scope="session")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = redis_url(15)
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, db: int, **settings: str
+) -> Iterator[Deployment]:
+    """A deployment on an emptied Redis database ``db``, stopped when the fixture ends."""
+    url = redis_url(db)
     clean_redis(url)
-    running = deploy(tmp_path_factory.mktemp("deployment"), url)
+    running = deploy(tmp_path_factory.mktemp(f"deployment-{db}"), url, **settings)
     yield running
     for name in list(running.processes):
         running.stop(name)
+
+
+@pytest.fixture(scope="session")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from deployed(tmp_path_factory, 15)
 
 
 def _wait_for_health(running: Deployment, timeout_s: float = 60) -> None:

@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import clean_redis, redis_url
-from tests.e2e.conftest import Deployment, deploy
+from tests.e2e.conftest import Deployment, deployed
 
 pytestmark = pytest.mark.e2e
 
@@ -24,12 +23,7 @@ QUOTA = 24
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = redis_url(12)
-    clean_redis(url)
-    running = deploy(tmp_path_factory.mktemp("load"), url, HBM_SUBMISSIONS_PER_MINUTE=str(QUOTA))
-    yield running
-    for name in list(running.processes):
-        running.stop(name)
+    yield from deployed(tmp_path_factory, 12, HBM_SUBMISSIONS_PER_MINUTE=str(QUOTA))
 
 
 def test_concurrent_clients_lose_nothing_and_meet_the_quota(

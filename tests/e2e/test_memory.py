@@ -8,21 +8,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import clean_redis, redis_url
-from tests.e2e.conftest import Deployment, deploy, wait_for_fit
+from tests.e2e.conftest import Deployment, deployed, wait_for_fit
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    url = redis_url(11)
-    clean_redis(url)
     # 1 MiB: every fit is over the limit as soon as sampling starts.
-    running = deploy(tmp_path_factory.mktemp("memory"), url, HBM_MAX_FIT_RSS_MB="1")
-    yield running
-    for name in list(running.processes):
-        running.stop(name)
+    yield from deployed(tmp_path_factory, 11, HBM_MAX_FIT_RSS_MB="1")
 
 
 def test_a_fit_over_its_memory_limit_fails_clearly_and_the_worker_lives_on(

@@ -25,8 +25,8 @@ FUZZ_DIR = Path("/tmp/hbm-service-fuzz")
 
 
 def fuzz_app() -> Any:
-    clean_redis(redis_url(13))
-    app = create_app(Settings(redis_url=redis_url(13), data_dir=FUZZ_DIR))
+    clean_redis(redis_url(10))
+    app = create_app(Settings(redis_url=redis_url(10), data_dir=FUZZ_DIR))
     app.state.services.dispatcher = RecordingDispatcher()
     return app
 
