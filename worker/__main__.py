@@ -7,6 +7,7 @@ The Dockerfile, docker-compose.yml, ``make run`` and the tests all start workers
 
 from __future__ import annotations
 
+import os
 import sys
 
 from service.core.settings import get_settings
@@ -40,6 +41,8 @@ def main() -> None:
     role = sys.argv[1] if len(sys.argv) > 1 else "all"
     if role not in ("fits", "interactive", "all"):
         raise SystemExit(f"usage: python -m worker [fits|interactive|all] (got {role!r})")
+    if role != "interactive":
+        os.environ.setdefault("HBM_WARM_UP", "true")  # fits compile: warm the compiler
     from worker.celery_app import app
 
     app.worker_main(argv(role))

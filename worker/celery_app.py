@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import worker_init
 
 from service.core.settings import get_settings
 
@@ -35,3 +38,12 @@ app.conf.update(
     worker_max_memory_per_child=settings.worker_recycle_rss_mb * 1024,
     worker_hijack_root_logger=False,
 )
+
+
+@worker_init.connect
+def _warm_up(**_: Any) -> None:
+    """Fit workers compile a tiny model before forking their pool (see worker.warmup)."""
+    if settings.warm_up:
+        from worker.warmup import warm_up
+
+        warm_up()

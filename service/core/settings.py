@@ -73,6 +73,10 @@ class Settings(BaseSettings):
         default=120.0, description="How long the API waits for a prediction or a summary."
     )
     model_cache_size: int = Field(default=8, description="Fitted models kept warm per worker.")
+    warm_up: bool = Field(
+        default=False,
+        description="Compile a tiny model at worker start (set by 'python -m worker fits').",
+    )
 
     # Security.
     api_key_hashes: list[str] = Field(
