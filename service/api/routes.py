@@ -71,6 +71,9 @@ def create_fit(
     """
     services, owner = caller.services, caller.owner
     spec, _ = validate_fit_request(request, services.settings)
+    limit = services.settings.max_active_fits_per_key
+    if services.store.active_count(owner) >= limit:
+        raise TooManyRequests(f"{limit} fits are already queued or running", retry_after=30)
     count, reset_s = services.store.count_submission(owner)
     if count > services.settings.submissions_per_minute:
         raise TooManyRequests(

@@ -7,6 +7,7 @@ Keys (all under ``{prefix}:``)::
                     (JSON-encoded fields); expires ``retention`` after the fit is final
     fits            sorted set of ids by creation time, for listing and sweeping
     owned:{owner}   the same, per API key (``owner`` is a digest of the key)
+    active:{owner}  that key's queued or running fits, for its concurrency limit
     rate:{owner}:{minute}  submissions counted for the per-key quota
     active          set of ids that are queued or running, for the reconciler
     lock:{id}       held by the one worker process running the fit, refreshed by its
@@ -46,6 +47,7 @@ redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'status', 'queued', 'attempts', 0, 
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[5], ARGV[3])
 return 1
 """
 
@@ -63,6 +65,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
   redis.call('SREM', KEYS[2], ARGV[2])
+  redis.call('SREM', ARGV[3] .. (redis.call('HGET', KEYS[1], 'owner') or ''), ARGV[2])
   return 'cancelled'
 elseif status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
@@ -157,7 +160,13 @@ class JobStore:
             "created_at": now.isoformat(),
         }
         self._create(
-            keys=[self._key(fit_id), f"{self.prefix}:fits", self._active, self._owned(owner)],
+            keys=[
+                self._key(fit_id),
+                f"{self.prefix}:fits",
+                self._active,
+                self._owned(owner),
+                self._active_of(owner),
+            ],
             args=[json.dumps(meta), now.timestamp(), fit_id, owner],
         )
         record = self.get(fit_id)
@@ -202,6 +211,13 @@ class JobStore:
 
     def _owned(self, owner: str) -> str:
         return f"{self.prefix}:owned:{owner}"
+
+    def _active_of(self, owner: str) -> str:
+        return f"{self.prefix}:active:{owner}"
+
+    def active_count(self, owner: str) -> int:
+        """How many of ``owner``'s fits are queued or running."""
+        return int(self.redis.scard(self._active_of(owner)))
 
     def owner(self, fit_id: str) -> str | None:
         """Who created the fit (an API key's digest; empty without keys), None if unknown."""
@@ -264,7 +280,8 @@ class JobStore:
     def request_cancel(self, fit_id: str) -> FitStatus | None:
         """Cancel a queued fit now, or flag a running one; the resulting status."""
         status = self._cancel(
-            keys=[self._key(fit_id), self._active], args=[utcnow().isoformat(), fit_id]
+            keys=[self._key(fit_id), self._active],
+            args=[utcnow().isoformat(), fit_id, self._active_of("")],
         )
         text = status.decode() if isinstance(status, bytes) else str(status)
         return FitStatus(text) if text else None
@@ -290,10 +307,12 @@ class JobStore:
             fields["versions"] = json.dumps(versions)
         if error is not None:
             fields["error"] = error.model_dump_json()
+        owner = self.owner(fit_id) or ""
         pipe = self.redis.pipeline()
         pipe.hset(self._key(fit_id), mapping=fields)
         pipe.hdel(self._key(fit_id), "progress", "cancel")
         pipe.srem(self._active, fit_id)
+        pipe.srem(self._active_of(owner), fit_id)
         if self.retention_s:
             pipe.expire(self._key(fit_id), self.retention_s)
         pipe.execute()
@@ -304,14 +323,17 @@ class JobStore:
         return [i.decode() for i in ids]  # type: ignore[union-attr]
 
     def forget_active(self, fit_id: str) -> None:
-        """Drop a fit from the active set (it is final or gone)."""
+        """Drop a fit from the active sets (it is final or gone)."""
+        owner = self.owner(fit_id) or ""
         self.redis.srem(self._active, fit_id)
+        self.redis.srem(self._active_of(owner), fit_id)
 
     def delete(self, fit_id: str) -> None:
         """Forget a fit entirely."""
         owner = self.owner(fit_id) or ""
         pipe = self.redis.pipeline()
         pipe.zrem(self._owned(owner), fit_id)
+        pipe.srem(self._active_of(owner), fit_id)
         pipe.delete(self._key(fit_id))
         pipe.zrem(f"{self.prefix}:fits", fit_id)
         pipe.srem(self._active, fit_id)

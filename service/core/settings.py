@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         "are asked for (local use).",
     )
     submissions_per_minute: int = Field(default=120, description="Fits one key may submit.")
+    max_active_fits_per_key: int = Field(
+        default=500, description="Queued or running fits one key may have at once."
+    )
     max_body_bytes: int = Field(default=64 * 1024**2, description="Largest request body.")
     cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
 

@@ -101,3 +101,14 @@ def test_cors_is_off_unless_configured(tmp_path: Path) -> None:
     with app_client(tmp_path, cors_origins=["https://app.example"]) as opened:
         response = opened.options("/v1/fits", headers=preflight)
         assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_a_key_with_too_many_fits_in_progress_gets_429(tmp_path: Path) -> None:
+    with app_client(tmp_path, max_active_fits_per_key=2) as busy:
+        first = busy.post("/v1/fits", json=body()).headers["location"]
+        assert busy.post("/v1/fits", json=body()).status_code == 202
+        refused = busy.post("/v1/fits", json=body())
+        assert refused.status_code == 429
+        assert "already queued or running" in refused.json()["detail"]
+        assert busy.delete(first).json()["status"] == "cancelled"  # frees a place
+        assert busy.post("/v1/fits", json=body()).status_code == 202
