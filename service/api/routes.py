@@ -23,6 +23,7 @@ from service.core.schemas import (
     Diagnostics,
     FitRequest,
     FitResource,
+    FitSpec,
     FitStatus,
     GroupEffects,
     GroupFactors,
@@ -69,28 +70,14 @@ def create_fit(
     A request with a fixed ``sampler.seed`` is content-addressed: the same request gives the
     same fit, sampled once. An ``Idempotency-Key`` header does the same for any request.
     """
-    services, owner = caller.services, caller.owner
+    services = caller.services
     spec, _ = validate_fit_request(request, services.settings)
-    limit = services.settings.max_active_fits_per_key
-    if services.store.active_count(owner) >= limit:
-        raise TooManyRequests(f"{limit} fits are already queued or running", retry_after=30)
-    count, reset_s = services.store.count_submission(owner)
-    if count > services.settings.submissions_per_minute:
-        raise TooManyRequests(
-            f"over {services.settings.submissions_per_minute} submissions a minute",
-            retry_after=reset_s,
-        )
-    fit_id = new_fit_id()
-    ttl = services.settings.retention_s
-    if idempotency_key is not None:
-        fit_id = services.store.claim(f"{owner}:key:{_digest(idempotency_key)}", fit_id, ttl)
-    elif request.sampler.seed is not None:
-        content = _digest(spec.model_dump_json())
-        fit_id = services.store.claim(f"{owner}:content:{content}", fit_id, ttl)
+    _admit(caller)
+    fit_id = _claim_id(caller, spec, request.sampler.seed is not None, idempotency_key)
     record = services.store.get(fit_id)
     if record is None:
         services.artifacts.write_spec(fit_id, spec)
-        record = services.store.create(fit_id, spec, owner)
+        record = services.store.create(fit_id, spec, caller.owner)
         if record.status is FitStatus.QUEUED and record.attempts == 0:
             services.dispatcher.enqueue_fit(fit_id)
     response.headers["Location"] = f"/v1/fits/{fit_id}"
@@ -262,6 +249,32 @@ def _results(caller: Caller, fit_id: str, what: str, interval: IntervalKind, pro
         return caller.services.artifacts.read_json(fit_id, f"{what}.json")
     payload = {"fit_id": fit_id, "what": what, "interval": interval, "prob": prob}
     return caller.services.dispatcher.call(tasks.RESULTS, payload)
+
+
+def _admit(caller: Caller) -> None:
+    """The key's quotas: fits in progress, and submissions a minute (429 beyond)."""
+    store, settings = caller.services.store, caller.services.settings
+    limit = settings.max_active_fits_per_key
+    if store.active_count(caller.owner) >= limit:
+        raise TooManyRequests(f"{limit} fits are already queued or running", retry_after=30)
+    count, reset_s = store.count_submission(caller.owner)
+    if count > settings.submissions_per_minute:
+        raise TooManyRequests(
+            f"over {settings.submissions_per_minute} submissions a minute", retry_after=reset_s
+        )
+
+
+def _claim_id(caller: Caller, spec: FitSpec, seeded: bool, idempotency_key: str | None) -> str:
+    """The fit's id: the one already recorded for the same Idempotency-Key or the same
+    seeded request by this key, or a new one."""
+    store, ttl = caller.services.store, caller.services.settings.retention_s
+    fit_id = new_fit_id()
+    if idempotency_key is not None:
+        return store.claim(f"{caller.owner}:key:{_digest(idempotency_key)}", fit_id, ttl)
+    if seeded:
+        content = _digest(spec.model_dump_json())
+        return store.claim(f"{caller.owner}:content:{content}", fit_id, ttl)
+    return fit_id
 
 
 def _digest(text: str) -> str:
