@@ -71,8 +71,8 @@ def create_fit(
     same fit, sampled once. An ``Idempotency-Key`` header does the same for any request.
     """
     services = caller.services
+    _admit(caller)  # before validation: refusing over quota is cheap
     spec, _ = validate_fit_request(request, services.settings)
-    _admit(caller)
     fit_id = _claim_id(caller, spec, request.sampler.seed is not None, idempotency_key)
     record = services.store.get(fit_id)
     if record is None:
