@@ -33,8 +33,9 @@ app.conf.update(
     task_time_limit=settings.max_fit_time_limit_s + 300,
     broker_transport_options={"visibility_timeout": settings.max_fit_time_limit_s + 600},
     broker_connection_retry_on_startup=True,
-    # Pool processes are replaced after 100 tasks, or after a task that left them large.
-    worker_max_tasks_per_child=100,
+    # Pool processes are replaced after a few tasks (each fit's compiled code stays in the
+    # process), or after a task that left them large.
+    worker_max_tasks_per_child=settings.tasks_per_child,
     worker_max_memory_per_child=settings.worker_recycle_rss_mb * 1024,
     worker_hijack_root_logger=False,
 )

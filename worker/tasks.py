@@ -155,7 +155,6 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context, heartbeat: Heart
         }
         for name, body in results.items():
             ctx.artifacts.write_json(fit_id, name, body)
-        ctx.cache.put(fit_id, FittedModel(spec, model, result.posterior, result.sample_stats))
         timings.build_s = result.build_s
         timings.compile_s = result.compile_s
         timings.sampling_s = result.sampling_s

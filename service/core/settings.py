@@ -63,7 +63,12 @@ class Settings(BaseSettings):
         default=8192, description="A fit whose worker process grows past this fails clearly."
     )
     worker_recycle_rss_mb: int = Field(
-        default=2048, description="A pool process above this after a task is replaced."
+        default=1024, description="A pool process above this after a task is replaced."
+    )
+    tasks_per_child: int = Field(
+        default=10,
+        description="Tasks a pool process runs before it is replaced: compiled models pile "
+        "up in a process, and a fresh one forks from the warmed parent in an instant.",
     )
     retention_s: int = Field(
         default=7 * 24 * 3600, description="How long finished fits and their files are kept."
