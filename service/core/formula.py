@@ -4,8 +4,8 @@ formulae (Bambi's formula engine) resolves a call by following a dotted name att
 attribute in an environment and calling the result, and its parser stops silently at the
 first token it does not expect. So before Bambi sees a formula, the service:
 
-1. caps its length, bracket nesting and backquotes (an unterminated backquote makes
-   formulae's scanner loop forever);
+1. caps its length and bracket nesting (formulae's parser recurses) and refuses an
+   unterminated backquote (formulae's scanner fails on it with an IndexError);
 2. scans and parses it with formulae's own scanner and parser, which evaluate nothing;
 3. requires that the parser consumed every token;
 4. walks the tree: calls must be undotted names on an allow-list with arithmetic arguments,
