@@ -66,11 +66,6 @@ class FormulaInfo:
         trials = {self.trials} if isinstance(self.trials, str) else set()
         return {self.response, *self.predictors, *trials}
 
-    @property
-    def factor_columns(self) -> set[str]:
-        """Columns that act as grouping factors."""
-        return {column for factor in self.group_factors for column in factor}
-
 
 def check_formula(
     formula: str,
