@@ -33,8 +33,8 @@ app.conf.update(
     task_time_limit=settings.max_fit_time_limit_s + 300,
     broker_transport_options={"visibility_timeout": settings.max_fit_time_limit_s + 600},
     broker_connection_retry_on_startup=True,
-    # Pool processes are replaced after a few tasks (each fit's compiled code stays in the
-    # process), or after a task that left them large.
+    # A pool process keeps the models it compiled (one per structure, see
+    # worker.modeling.compiled); it is replaced after many tasks or once it has grown large.
     worker_max_tasks_per_child=settings.tasks_per_child,
     worker_max_memory_per_child=settings.worker_recycle_rss_mb * 1024,
     worker_hijack_root_logger=False,

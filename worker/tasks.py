@@ -26,6 +26,7 @@ from worker.celery_app import app
 from worker.heartbeat import Heartbeat
 from worker.modeling.building import build_model, frame
 from worker.modeling.cache import FittedModel, FittedModelCache
+from worker.modeling.compiled import CompiledModels
 from worker.modeling.describe import describe, priors_used
 from worker.modeling.prediction import predict
 from worker.modeling.sampling import PROGRESS_INTERVAL_S, sample
@@ -45,6 +46,7 @@ class Context:
     store: JobStore
     artifacts: Artifacts
     cache: FittedModelCache
+    compiled: CompiledModels
 
 
 @cache
@@ -57,6 +59,7 @@ def context() -> Context:
         store=JobStore(Redis.from_url(settings.redis_url), retention_s=settings.retention_s),
         artifacts=artifacts,
         cache=FittedModelCache(artifacts, settings.model_cache_size),
+        compiled=CompiledModels(settings.compiled_cache_size),
     )
 
 
@@ -140,6 +143,7 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context, heartbeat: Heart
             model,
             spec.sampler,
             ThrottledProgress(ctx.store, fit_id),
+            compiled_models=ctx.compiled,
             cores=ctx.settings.sampler_cores,
             stop_reason=stop_reason,
         )
@@ -157,6 +161,7 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context, heartbeat: Heart
             ctx.artifacts.write_json(fit_id, name, body)
         timings.build_s = result.build_s
         timings.compile_s = result.compile_s
+        timings.compiled = result.compiled_now
         timings.sampling_s = result.sampling_s
         timings.summarize_s = time.perf_counter() - summarizing
         timings.total_s = time.perf_counter() - started

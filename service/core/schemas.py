@@ -172,6 +172,11 @@ class Timings(BaseModel):
     queued_s: float | None = None
     build_s: float | None = None
     compile_s: float | None = None
+    compiled: bool | None = Field(
+        default=None,
+        description="Whether this fit compiled its model; false when a compiled model of "
+        "the same structure was reused with this fit's data and priors.",
+    )
     sampling_s: float | None = None
     summarize_s: float | None = None
     total_s: float | None = None

@@ -66,9 +66,9 @@ class Settings(BaseSettings):
         default=1024, description="A pool process above this after a task is replaced."
     )
     tasks_per_child: int = Field(
-        default=10,
-        description="Tasks a pool process runs before it is replaced: compiled models pile "
-        "up in a process, and a fresh one forks from the warmed parent in an instant.",
+        default=200,
+        description="Tasks a pool process runs before it is replaced (a fresh one forks "
+        "from the warmed parent in an instant, but starts with no compiled models).",
     )
     retention_s: int = Field(
         default=7 * 24 * 3600, description="How long finished fits and their files are kept."
@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         default=120.0, description="How long the API waits for a prediction or a summary."
     )
     model_cache_size: int = Field(default=8, description="Fitted models kept warm per worker.")
+    compiled_cache_size: int = Field(
+        default=32, description="Compiled model structures kept per fit worker process."
+    )
     warm_up: bool = Field(
         default=False,
         description="Compile a tiny model at worker start (set by 'python -m worker fits').",

@@ -44,6 +44,7 @@ def test_the_fit_reports_its_run(seed_fit: dict[str, Any]) -> None:
     timings = seed_fit["timings"]
     assert 0 < timings["sampling_s"] < timings["total_s"]
     assert timings["compile_s"] > 0
+    assert timings["compiled"] is True
     assert {"bambi", "pymc", "nutpie", "arviz"} <= set(seed_fit["versions"])
     assert seed_fit["links"]["summary"].endswith("/summary")
 
@@ -184,6 +185,35 @@ def test_a_seeded_fit_is_reproducible(
     first = client.get(f"/v1/fits/{seed_fit['id']}/summary").json()["parameters"]
     second = client.get(f"{again.headers['location']}/summary").json()["parameters"]
     assert first == second
+
+
+def test_a_refit_of_the_same_structure_reuses_the_compiled_model(
+    client: httpx.Client, seed_fit: dict[str, Any], seed_records: list[dict[str, Any]]
+) -> None:
+    """Another seed and a prior of our own: same structure, so no compilation."""
+    refit = client.post(
+        "/v1/fits",
+        json={
+            "data": seed_records,
+            "formula": "score ~ (1 | school)",
+            "priors": {"Intercept": {"dist": "Normal", "params": {"mu": 0, "sigma": 20}}},
+            "sampler": {**QUICK, "seed": 77},
+        },
+    )
+    assert refit.status_code == 202
+    fit = wait_for_fit(client, refit.headers["location"])
+    assert fit["status"] == "succeeded", fit
+    assert fit["timings"]["compiled"] is False
+    assert fit["timings"]["compile_s"] < 0.5
+    priors = client.get(f"{refit.headers['location']}/priors").json()["priors"]
+    intercept = next(p for p in priors if p["term"] == "Intercept")
+    assert intercept["params"] == {"mu": 0.0, "sigma": 20.0}
+    sigma = next(
+        p
+        for p in client.get(f"{refit.headers['location']}/summary").json()["parameters"]
+        if p["name"] == "sigma"
+    )
+    assert 2.7 < sigma["mean"] < 3.2
 
 
 def test_listing_shows_fits_newest_first(client: httpx.Client, seed_fit: dict[str, Any]) -> None:

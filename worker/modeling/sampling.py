@@ -6,15 +6,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import bambi as bmb
+import numpy as np
 import nutpie
 import xarray as xr
 
 from service.core.errors import FitFailed
 from service.core.schemas import ChainProgress, Progress, ResolvedSampler
+from worker.modeling.compiled import CompiledModels, lift
 
 ProgressSink = Callable[[Progress], None]
 log = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ class SampleResult:
     build_s: float
     compile_s: float
     sampling_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    compiled_now: bool = True
 
 
 def stored_variables(model: bmb.Model) -> list[str]:
@@ -51,10 +53,14 @@ def sample(
     sampler: ResolvedSampler,
     report: ProgressSink,
     *,
+    compiled_models: CompiledModels | None = None,
     cores: int | None = None,
     stop_reason: Callable[[], str | None] = lambda: None,
 ) -> SampleResult:
     """Compile the model with nutpie and sample it; ``report`` receives throttled progress.
+
+    With ``compiled_models``, a model whose structure was compiled before is not compiled
+    again: its data and prior parameters are fed to the compiled one (see ``compiled``).
 
     ``stop_reason`` is asked twice a second while sampling (and once after compiling); a
     reason (``cancelled``, ``timeout``) stops the sampler and raises FitFailed with it.
@@ -69,7 +75,8 @@ def sample(
         ) from exc
     built = time.perf_counter()
     try:
-        compiled = nutpie.compile_pymc_model(model.backend.model, var_names=stored_variables(model))
+        compiled_models = compiled_models or CompiledModels(size=1)
+        compiled, compiled_now = compiled_models.get(lift(model), stored_variables(model))
     except Exception as exc:
         raise FitFailed("compile_error", "the model could not be compiled") from exc
     compiled_at = time.perf_counter()
@@ -105,7 +112,7 @@ def sample(
         except BaseException:
             run.cancel()  # never leave chains sampling in the background
             raise
-        trace = run.wait()
+        trace = _labelled(run.wait(), model)
         # Bambi's own post-processing, as Model.fit applies it: among others, it turns the
         # intercept of centred predictors back into the intercept of the model as written.
         trace = model.backend._clean_results(
@@ -122,7 +129,21 @@ def sample(
         build_s=built - started,
         compile_s=compiled_at - built,
         sampling_s=finished - compiled_at,
+        compiled_now=compiled_now,
     )
+
+
+def _labelled(trace: Any, model: bmb.Model) -> Any:
+    """The trace with this fit's own coordinate labels (a reused compiled model carries
+    the labels of the data it was compiled with)."""
+    posterior = trace["posterior"]
+    labels = {
+        dim: np.asarray(values)
+        for dim, values in model.backend.model.coords.items()
+        if dim in posterior.dims and values is not None
+    }
+    trace["posterior"] = posterior.to_dataset().assign_coords(labels)
+    return trace
 
 
 STOP_MESSAGES = {

@@ -1,0 +1,139 @@
+"""A model structure is compiled once: later fits feed it their data and priors.
+
+These tests run the worker's modelling code in this process with real Bambi, PyMC and
+nutpie (no service). The reused compiled model must sample exactly what a fresh compile of
+the same data samples, and agree with Bambi's own ``Model.fit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import bambi as bmb
+import numpy as np
+import pandas as pd
+import pytest
+
+from service.core.schemas import ResolvedSampler
+from worker.modeling import compiled as compiled_module
+from worker.modeling.compiled import CompiledModels, lift
+from worker.modeling.sampling import SampleResult, sample
+
+SAMPLER = ResolvedSampler(draws=500, tune=500, chains=2, seed=7, target_accept=0.8, method="nutpie")
+FORMULA = "y ~ x + (1 | g)"
+
+
+def study(seed: int, groups: int = 12, per_group: int = 30, shift: float = 0.0) -> pd.DataFrame:
+    """Grouped data with known effects: y = 1 + shift + 0.7 x + b_g + noise."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), per_group)
+    x = rng.normal(size=g.size)
+    y = 1 + shift + 0.7 * x + rng.normal(0, 0.8, groups)[g] + rng.normal(0, 1, g.size)
+    return pd.DataFrame({"y": y, "x": x, "g": [f"s{seed}-{i}" for i in g]})
+
+
+def fit(data: pd.DataFrame, cache: CompiledModels, **model_args: Any) -> SampleResult:
+    return sample(
+        bmb.Model(FORMULA, data, **model_args), SAMPLER, lambda _: None, compiled_models=cache
+    )
+
+
+@pytest.fixture(scope="module")
+def counted_compiles() -> Iterator[list[str]]:
+    """Every nutpie compilation made through the cache, by structure key."""
+    calls: list[str] = []
+    original = compiled_module.nutpie.compile_pymc_model
+
+    def counting(model: Any, **kwargs: Any) -> Any:
+        calls.append(model.name)
+        return original(model, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled_module.nutpie, "compile_pymc_model", counting)
+        yield calls
+
+
+def key(data: pd.DataFrame, formula: str = FORMULA, **model_args: Any) -> str:
+    model = bmb.Model(formula, data, **model_args)
+    model.build()
+    return lift(model).key
+
+
+def test_the_structure_key_ignores_numbers_and_sees_shapes() -> None:
+    base = key(study(1))
+    assert key(study(2, shift=5.0)) == base, "new data, same structure"
+    assert key(study(1), priors={"x": bmb.Prior("Normal", mu=0, sigma=3)}) == base, (
+        "prior parameters are inputs"
+    )
+    assert key(study(1, groups=13)) != base, "one more group is one more parameter"
+    assert key(study(1, per_group=20)) != base, "shapes are compiled in"
+    assert key(study(1), priors={"x": bmb.Prior("StudentT", nu=4, mu=0, sigma=3)}) != base
+    assert key(study(1), formula="y ~ x + (x | g)") != base
+    assert key(study(1), family="t") != base
+    assert key(study(1), noncentered=False) != base
+
+
+@pytest.fixture(scope="module")
+def warm(counted_compiles: list[str]) -> tuple[CompiledModels, SampleResult]:
+    """A process's compiled models after one fit of the test structure."""
+    cache = CompiledModels(size=4)
+    return cache, fit(study(1), cache)
+
+
+def test_a_second_fit_of_the_same_structure_does_not_compile(
+    warm: tuple[CompiledModels, SampleResult], counted_compiles: list[str]
+) -> None:
+    cache, first = warm
+    second = fit(study(2, shift=5.0), cache)
+    assert (first.compiled_now, second.compiled_now) == (True, False)
+    assert len(counted_compiles) == 1
+    assert second.compile_s < 0.5
+    # The reused model sampled the second data set, under the second data set's labels.
+    shifted = float(second.posterior["Intercept"].mean()) - float(
+        first.posterior["Intercept"].mean()
+    )
+    assert shifted > 3
+    assert list(second.posterior["1|g"].coords["g__factor_dim"].values[:2]) == ["s2-0", "s2-1"]
+
+
+def test_a_reused_model_samples_what_a_fresh_compile_samples(
+    warm: tuple[CompiledModels, SampleResult],
+) -> None:
+    reused = fit(study(3, shift=-2.0), warm[0])
+    fresh = fit(study(3, shift=-2.0), CompiledModels(size=4))
+    assert not reused.compiled_now and fresh.compiled_now
+    for name in ("Intercept", "x", "sigma", "1|g_sigma", "1|g"):
+        np.testing.assert_array_equal(reused.posterior[name].values, fresh.posterior[name].values)
+
+
+def test_reused_priors_are_the_new_fits_priors(warm: tuple[CompiledModels, SampleResult]) -> None:
+    """A tight prior on x, fed to a compiled model built with Bambi's default prior."""
+    tight = fit(study(1), warm[0], priors={"x": bmb.Prior("Normal", mu=3, sigma=0.01)})
+    assert not tight.compiled_now
+    assert abs(float(tight.posterior["x"].mean()) - 3) < 0.05
+
+
+def test_a_reused_model_agrees_with_bambis_own_fit(
+    warm: tuple[CompiledModels, SampleResult],
+) -> None:
+    data = study(4, shift=1.5)
+    ours = fit(data, warm[0])
+    assert not ours.compiled_now
+    theirs = (
+        bmb.Model(FORMULA, data)
+        .fit(
+            inference_method="nutpie",
+            draws=1000,
+            tune=1000,
+            chains=2,
+            random_seed=11,
+            progressbar=False,
+        )
+        .posterior
+    )
+    for name in ("Intercept", "x", "sigma", "1|g_sigma"):
+        sd = float(theirs[name].std())
+        mean = float(ours.posterior[name].mean())
+        assert abs(mean - float(theirs[name].mean())) < 0.35 * sd, name
+        assert 0.8 < float(ours.posterior[name].std()) / sd < 1.25, name
