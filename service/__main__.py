@@ -6,6 +6,8 @@ import os
 
 import uvicorn
 
+from service.core.settings import get_settings
+
 
 def main() -> None:
     """Serve the API with uvicorn."""
@@ -15,6 +17,7 @@ def main() -> None:
         host=os.environ.get("HOST", "0.0.0.0"),
         port=int(os.environ.get("PORT", "8000")),
         log_level=os.environ.get("LOG_LEVEL", "info"),
+        workers=get_settings().api_workers,
     )
 
 

@@ -24,14 +24,15 @@ from service.core.schemas import FitError, FitResource, FitSpec, FitStatus, Prog
 from service.core.settings import Settings, get_settings
 from worker.celery_app import app
 from worker.heartbeat import Heartbeat
+from worker.modeling import parameterization
 from worker.modeling.building import build_model, frame
 from worker.modeling.cache import FittedModel, FittedModelCache
 from worker.modeling.compiled import CompiledModels
-from worker.modeling.describe import describe, priors_used
+from worker.modeling.describe import describe
 from worker.modeling.prediction import predict
 from worker.modeling.sampling import PROGRESS_INTERVAL_S, sample
-from worker.modeling.storage import save_posterior
-from worker.modeling.summaries import DEFAULT_INTERVAL, diagnose, group_effects, summarize
+from worker.modeling.storage import store_results
+from worker.modeling.summaries import group_effects, summarize
 
 log = logging.getLogger(__name__)
 
@@ -139,26 +140,19 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context, heartbeat: Heart
     try:
         spec = ctx.artifacts.read_spec(fit_id)
         model = build_model(spec)
+        choice = parameterization.apply(model, spec.sampler.parameterization)
         result = sample(
             model,
             spec.sampler,
             ThrottledProgress(ctx.store, fit_id),
             compiled_models=ctx.compiled,
+            centre_on=choice.centre_on_intercept,
             cores=ctx.settings.sampler_cores,
             stop_reason=stop_reason,
         )
         ctx.store.set_progress(fit_id, Progress(phase="summarizing", fraction=1.0))
         summarizing = time.perf_counter()
-        save_posterior(ctx.artifacts, fit_id, result.posterior, result.sample_stats)
-        kind, prob = DEFAULT_INTERVAL
-        results = {
-            "summary.json": summarize(model, result.posterior, fit_id, kind, prob),
-            "groups.json": group_effects(model, result.posterior, fit_id, kind, prob),
-            "diagnostics.json": diagnose(model, result.posterior, result.sample_stats, fit_id),
-            "priors.json": {"fit_id": fit_id, "priors": priors_used(model)},
-        }
-        for name, body in results.items():
-            ctx.artifacts.write_json(fit_id, name, body)
+        store_results(ctx.artifacts, fit_id, model, result.posterior, result.sample_stats, choice)
         timings.build_s = result.build_s
         timings.compile_s = result.compile_s
         timings.compiled = result.compiled_now

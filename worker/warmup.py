@@ -1,15 +1,18 @@
-"""Warm the compiler when a fit worker starts.
+"""Warm a fit worker before its pool forks.
 
-The first model a process compiles pays for initialising numba and LLVM (about 5 s here);
-later models of any structure compile in half the time or less. A fit worker therefore
-compiles a tiny model once in its main process, before the pool forks, so every pool
-process (including the ones that replace recycled or killed processes) starts warm.
+The first fit of a process pays for initialising numba and LLVM (about 5 s here), for
+h5py's first file and for ArviZ's first diagnostics; later fits of any structure pay far
+less. A fit worker therefore runs a whole tiny fit once in its main process (build,
+compile, sample, store the results in a temporary folder), before the pool forks, so every
+pool process (including the ones that replace recycled or killed processes) starts warm.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,18 +21,26 @@ log = logging.getLogger(__name__)
 
 
 def warm_up() -> float:
-    """Build and compile a tiny varying-intercept model; the seconds it took."""
+    """Fit a tiny varying-intercept model end to end, off the record; the seconds it took."""
     import bambi as bmb
-    import nutpie
 
-    from worker.modeling.sampling import stored_variables
+    from service.core.artifacts import Artifacts
+    from service.core.jobs import new_fit_id
+    from service.core.schemas import ResolvedSampler
+    from worker.modeling.sampling import sample
+    from worker.modeling.storage import store_results
 
     started = time.perf_counter()
     rng = np.random.default_rng(0)
     data = pd.DataFrame({"y": rng.normal(size=12), "x": rng.normal(size=12), "g": list("abcd") * 3})
     model = bmb.Model("y ~ x + (1 | g)", data)
-    model.build()
-    nutpie.compile_pymc_model(model.backend.model, var_names=stored_variables(model))
+    sampler = ResolvedSampler(
+        draws=20, tune=20, chains=1, seed=0, target_accept=0.8, method="nutpie"
+    )
+    result = sample(model, sampler, lambda _: None)
+    with tempfile.TemporaryDirectory(prefix="hbm-warm-up-") as folder:
+        artifacts = Artifacts(Path(folder))
+        store_results(artifacts, new_fit_id(), model, result.posterior, result.sample_stats)
     seconds = time.perf_counter() - started
-    log.info("compiler warmed up in %.1f s", seconds)
+    log.info("worker warmed up in %.1f s", seconds)
     return seconds

@@ -19,6 +19,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("HBM_REDIS_URL", "REDIS_URL"),
         description="Redis holding job records and the Celery broker queues.",
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        description="API processes (uvicorn workers) behind the one port; handlers are "
+        "synchronous, so more processes answer more concurrent clients.",
+    )
     data_dir: Path = Field(
         default=Path("var/data"), description="Where requests and posteriors are stored."
     )

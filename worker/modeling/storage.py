@@ -1,10 +1,15 @@
-"""Posterior draws on disk: netCDF (h5netcdf), written atomically."""
+"""A fit's results on disk: posterior draws (netCDF, h5netcdf) and the JSON resources the
+API serves, each written atomically."""
 
 from __future__ import annotations
 
+import bambi as bmb
 import xarray as xr
 
 from service.core.artifacts import Artifacts
+from worker.modeling.describe import priors_used
+from worker.modeling.parameterization import Choice
+from worker.modeling.summaries import DEFAULT_INTERVAL, diagnose, group_effects, summarize
 
 POSTERIOR_FILE = "posterior.nc"
 
@@ -27,3 +32,31 @@ def load_posterior(artifacts: Artifacts, fit_id: str) -> tuple[xr.Dataset, xr.Da
         posterior = tree["posterior"].to_dataset().load()
         stats = tree["sample_stats"].to_dataset().load()
     return posterior, stats
+
+
+def store_results(
+    artifacts: Artifacts,
+    fit_id: str,
+    model: bmb.Model,
+    posterior: xr.Dataset,
+    sample_stats: xr.Dataset,
+    choice: Choice | None = None,
+) -> None:
+    """The posterior, then the summary, group effects, diagnostics and priors as JSON."""
+    save_posterior(artifacts, fit_id, posterior, sample_stats)
+    kind, prob = DEFAULT_INTERVAL
+    results = {
+        "summary.json": summarize(model, posterior, fit_id, kind, prob),
+        "groups.json": group_effects(model, posterior, fit_id, kind, prob),
+        "diagnostics.json": diagnose(model, posterior, sample_stats, fit_id)
+        | _parameterization(choice),
+        "priors.json": {"fit_id": fit_id, "priors": priors_used(model)},
+    }
+    for name, body in results.items():
+        artifacts.write_json(fit_id, name, body)
+
+
+def _parameterization(choice: Choice | None) -> dict[str, str]:
+    if choice is None:
+        return {}
+    return {"parameterization": choice.parameterization, "parameterization_reason": choice.reason}
