@@ -18,7 +18,7 @@ Records = list[dict[str, Scalar]]
 Columns = dict[str, list[Scalar]]
 
 IntervalKind = Literal["hdi", "eti"]
-Parameterization = Literal["noncentered", "centered"]
+Parameterization = Literal["auto", "noncentered", "centered"]
 Adaptation = Literal["diag", "low_rank"]
 DEFAULT_PROB = 0.94
 
@@ -47,9 +47,10 @@ class SamplerSettings(Strict):
         default=None, ge=1, description="Fail the fit with reason 'timeout' past this time."
     )
     parameterization: Parameterization = Field(
-        default="noncentered",
-        description="Group-level effects as offsets times SD (Bambi's default) or centered. "
-        "Same posterior; centered mixes better when every group has plenty of data.",
+        default="auto",
+        description="Group-level effects as offsets times SD (noncentered, Bambi's default) "
+        "or centered on the intercept; same posterior. auto: centered for gaussian "
+        "varying-intercept models whose groups the data identify well, else noncentered.",
     )
     adaptation: Adaptation = Field(
         default="diag",
@@ -67,7 +68,7 @@ class ResolvedSampler(BaseModel):
     target_accept: float
     method: str
     time_limit_s: int = 3600
-    parameterization: Parameterization = "noncentered"
+    parameterization: Parameterization = "auto"
     adaptation: Adaptation = "diag"
 
 
@@ -309,6 +310,12 @@ class Diagnostics(BaseModel):
     min_ess_bulk: float
     min_ess_tail: float
     parameters: list[ParameterDiagnostics]
+    parameterization: str | None = Field(
+        default=None, description="How group effects were sampled: centered or noncentered."
+    )
+    parameterization_reason: str | None = Field(
+        default=None, examples=["auto: every group well identified by its data"]
+    )
 
 
 # -------------------------------------------------------------------------- predictions

@@ -134,6 +134,19 @@ def test_diagnostics_give_a_verdict_per_the_usual_thresholds(
         assert diagnostics["warnings"] == []
 
 
+def test_well_identified_schools_are_sampled_centred_on_the_intercept(
+    client: httpx.Client, seed_fit: dict[str, Any]
+) -> None:
+    """24 students per school pin each school down: the intercept then mixes well."""
+    diagnostics = client.get(f"/v1/fits/{seed_fit['id']}/diagnostics").json()
+    assert diagnostics["parameterization"] == "centered"
+    assert diagnostics["parameterization_reason"].startswith("auto")
+    ess = {p["name"]: p["ess_bulk"] for p in diagnostics["parameters"]}
+    # Bambi's own parameterization gives the intercept about 20 effective draws of 600.
+    assert ess["Intercept"] > 300
+    assert diagnostics["max_r_hat"] < 1.02
+
+
 def test_predictions_for_seen_and_new_schools(
     client: httpx.Client, seed_fit: dict[str, Any]
 ) -> None:

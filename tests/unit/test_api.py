@@ -80,7 +80,7 @@ def test_a_valid_fit_is_accepted_and_queued(
         "target_accept": 0.8,
         "method": "nutpie",
         "time_limit_s": 3600,
-        "parameterization": "noncentered",
+        "parameterization": "auto",
         "adaptation": "diag",
     }
     assert dispatcher.fits == [fit["id"]]

@@ -66,7 +66,7 @@ def build_model(spec: FitSpec) -> bmb.Model:
             family=spec.family,
             link=spec.link,
             priors={term: bambi_prior(prior) for term, prior in spec.priors.items()},
-            noncentered=spec.sampler.parameterization == "noncentered",
+            noncentered=spec.sampler.parameterization != "centered",
             extra_namespace=EXTRA_NAMESPACE,
         )
     except Exception as exc:

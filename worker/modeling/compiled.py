@@ -40,6 +40,8 @@ from pytensor.printing import debugprint
 from pytensor.tensor.sharedvar import TensorSharedVariable
 from pytensor.tensor.variable import TensorConstant
 
+from worker.modeling.parameterization import centre_on_intercept
+
 log = logging.getLogger(__name__)
 
 INPUT_PREFIX = "hbm_data_"
@@ -68,10 +70,15 @@ def _is_input(value: np.ndarray, n_rows: int) -> bool:
     return value.dtype.kind == "f" or (value.ndim >= 1 and value.shape[0] == n_rows)
 
 
-def lift(model: bmb.Model) -> LiftedModel:
-    """Bambi's built PyMC model, with data and prior parameters as inputs, and its key."""
+def lift(model: bmb.Model, centre_on: str | None = None) -> LiftedModel:
+    """Bambi's built PyMC model, with data and prior parameters as inputs, and its key.
+
+    ``centre_on`` names a centred group intercept to sample centred on the common intercept
+    (see ``parameterization``)."""
     n_rows = len(model.data)
     graph, _ = fgraph_from_model(model.backend.model, inlined_views=True)
+    if centre_on is not None and model.noncentered is False:
+        centre_on_intercept(graph, centre_on)
     found: dict[TensorConstant[Any], None] = {}  # insertion-ordered: graph order fixes the names
     for node in graph.toposort():
         for var in node.inputs:

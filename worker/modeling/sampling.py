@@ -54,6 +54,7 @@ def sample(
     report: ProgressSink,
     *,
     compiled_models: CompiledModels | None = None,
+    centre_on: str | None = None,
     cores: int | None = None,
     stop_reason: Callable[[], str | None] = lambda: None,
 ) -> SampleResult:
@@ -76,7 +77,9 @@ def sample(
     built = time.perf_counter()
     try:
         compiled_models = compiled_models or CompiledModels(size=1)
-        compiled, compiled_now = compiled_models.get(lift(model), stored_variables(model))
+        compiled, compiled_now = compiled_models.get(
+            lift(model, centre_on), stored_variables(model)
+        )
     except Exception as exc:
         raise FitFailed("compile_error", "the model could not be compiled") from exc
     compiled_at = time.perf_counter()
