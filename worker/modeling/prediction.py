@@ -14,6 +14,7 @@ import bambi as bmb
 import formulae as fm
 import numpy as np
 import pandas as pd
+import pytensor
 import xarray as xr
 from bambi.utils import get_aliased_name
 
@@ -57,9 +58,13 @@ def predict(
         # Bambi evaluates the whole response term on the new data (``p(y, n)`` needs ``y``):
         # a placeholder fills response columns that new rows cannot have.
         placeholders = {v: 0 for v in model.response_term.term.var_names if v not in data}
-        values = model.family.posterior_predictive(
-            model, extended, random_seed=rng, data=data.assign(**placeholders)
-        )
+        # Bambi draws through a PyTensor function compiled for this call; with the default
+        # (numba) mode that compilation alone takes most of a second, while the Python
+        # implementations of the random variables are numpy calls that draw just as fast.
+        with pytensor.config.change_flags(mode="FAST_COMPILE"):  # type: ignore[attr-defined]
+            values = model.family.posterior_predictive(
+                model, extended, random_seed=rng, data=data.assign(**placeholders)
+            )
     extra = [d for d in values.dims if d not in (*SAMPLE_DIMS, OBS)]
     if extra:  # ordinal: category probabilities -> expected category position (0-based)
         (category,) = extra
