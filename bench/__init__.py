@@ -1,1 +1,1 @@
-"""Benchmarks of the seed study: the service over HTTP side by side with its peers."""
+"""Benchmarks: the service over HTTP side by side with its peers, on four cases."""

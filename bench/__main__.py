@@ -1,7 +1,9 @@
-"""Run the seed-study benchmark: ``python -m bench`` (every system, in one run).
+"""Run the benchmarks: ``python -m bench`` (every case on every system, in one run).
 
-Writes ``bench/results/<UTC timestamp>.json`` and ``bench/results/latest.json`` and prints
-a Markdown table. ``--only`` picks systems by name (comma separated).
+Writes ``bench/results/<UTC timestamp>.json`` and ``bench/results/latest.json`` (rewritten
+after each case, so a long run keeps what it has measured) and prints one Markdown table per
+case. ``--cases`` picks cases and ``--only`` systems or service measurements (comma
+separated); ``--rstanarm-timeout`` bounds each rstanarm fit.
 """
 
 from __future__ import annotations
@@ -21,14 +23,22 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from bench.cases import CASES, CHAINS, DATA_SEED, DRAWS, SEED, TUNE, Case
+from bench.latency import run_latency
 from bench.peers import PEERS, run_peer
+from bench.predictions import measure_predictions
 from bench.report import add_derived, markdown
 from bench.rstanarm_run import run_rstanarm
-from bench.seed import CHAINS, DRAWS, FAMILY, FORMULA, ROOT, SEED, TUNE, load_records
-from bench.service_run import run_service
+from bench.seed import ROOT
+from bench.service_run import After, run_service
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SERVICE = ("service-http-cold", "service-http-warm")
+SYSTEMS = (*SERVICE, *PEERS, "rstanarm")
+PREDICTIONS = "predictions-1000"
+LATENCY = "api-latency-50-clients"
 LIBRARIES = ("bambi", "pymc", "pytensor", "nutpie", "arviz", "numpy", "celery", "fastapi")
 
 
@@ -83,23 +93,34 @@ def _attempt(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def run_all(selected: set[str]) -> dict[str, dict[str, Any]]:
-    """Every selected system, service first (its cold fit meets the coldest caches)."""
+def _predictions(client: httpx.Client, fit_id: str) -> dict[str, Any]:
+    return _attempt(PREDICTIONS, lambda: measure_predictions(client, fit_id))
+
+
+def run_case(
+    case: Case, selected: set[str], rstanarm_timeout_s: float
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Every selected system on ``case``, service first (its cold fit meets the coldest
+    caches); with the seed study, also the predictions measurement. (systems, predictions)"""
     systems: dict[str, dict[str, Any]] = {}
-    if selected & set(SERVICE):
-        records = load_records()
-        service = _attempt("service-http", lambda: run_service(records))
-        for name in SERVICE:
-            if name in selected:
-                systems[name] = service.get(name, service)
+    predictions = None
+    predicting = case.name == "seed" and PREDICTIONS in selected
+    if selected & set(SERVICE) or predicting:
+        after: After | None = _predictions if predicting else None
+        service = _attempt(f"{case.name} service-http", lambda: run_service(case, after))
+        systems |= {name: service.get(name, service) for name in SERVICE if name in selected}
+        predictions = service.get("after", service) if predicting else None
     for name in PEERS:
         if name in selected:
-            systems[name] = _attempt(name, partial(run_peer, name))
+            systems[name] = _attempt(f"{case.name} {name}", partial(run_peer, name, case))
     if "rstanarm" in selected:
-        systems["rstanarm"] = _attempt("rstanarm", run_rstanarm)
+        systems["rstanarm"] = _attempt(
+            f"{case.name} rstanarm", lambda: run_rstanarm(case, rstanarm_timeout_s)
+        )
     for result in systems.values():
         result.setdefault("status", "ok")
-    return systems
+    add_derived(systems)
+    return systems, predictions
 
 
 def write(report: dict[str, Any], stamp: str) -> Path:
@@ -107,38 +128,62 @@ def write(report: dict[str, Any], stamp: str) -> Path:
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(report, indent=2) + "\n"
     for name in (f"{stamp}.json", "latest.json"):
-        partial = RESULTS / f"{name}.tmp"
-        partial.write_text(text)
-        partial.replace(RESULTS / name)
+        temporary = RESULTS / f"{name}.tmp"
+        temporary.write_text(text)
+        temporary.replace(RESULTS / name)
     return RESULTS / f"{stamp}.json"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Measure the selected systems, write the JSON and print the table."""
-    every = [*SERVICE, *PEERS, "rstanarm"]
+    """Measure the selected cases and systems, write the JSON and print the tables."""
+    every = [*SYSTEMS, PREDICTIONS, LATENCY]
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--cases", help=f"comma-separated subset of: {', '.join(CASES)}")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(every)}")
+    parser.add_argument(
+        "--rstanarm-timeout",
+        type=float,
+        default=900,
+        metavar="SECONDS",
+        help="kill an rstanarm fit past this and report it skipped (default 900)",
+    )
     args = parser.parse_args(argv)
+    cases = args.cases.split(",") if args.cases else list(CASES)
     selected = set(args.only.split(",")) if args.only else set(every)
+    if unknown := set(cases) - set(CASES):
+        parser.error(f"unknown cases: {sorted(unknown)}")
     if unknown := selected - set(every):
         parser.error(f"unknown systems: {sorted(unknown)}")
     now = datetime.now(UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
     report: dict[str, Any] = {
         "date": now.isoformat(timespec="seconds"),
-        "case": {
-            "data": "data/seed_students.csv",
-            "formula": FORMULA,
-            "family": FAMILY,
+        "settings": {
             "chains": CHAINS,
             "draws": DRAWS,
             "tune": TUNE,
             "seed": SEED,
+            "data_seed": DATA_SEED,
+            "rstanarm_timeout_s": args.rstanarm_timeout,
         },
         "machine": machine(),
-        "systems": run_all(selected),
+        "cases": {},
+        "service": {},
     }
-    add_derived(report["systems"])
-    path = write(report, now.strftime("%Y%m%dT%H%M%SZ"))
+    for name in cases:
+        case = CASES[name]
+        case_systems, predictions = run_case(case, selected, args.rstanarm_timeout)
+        if selected & set(SYSTEMS):
+            report["cases"][name] = {"case": case.describe(), "systems": case_systems}
+        if predictions is not None:
+            report["service"][PREDICTIONS] = predictions
+        write(report, stamp)
+    if PREDICTIONS in selected and PREDICTIONS not in report["service"]:
+        _, predictions = run_case(CASES["seed"], {PREDICTIONS}, args.rstanarm_timeout)
+        report["service"][PREDICTIONS] = predictions
+    if LATENCY in selected:
+        report["service"][LATENCY] = _attempt(LATENCY, run_latency)
+    path = write(report, stamp)
     print(markdown(report))
     print(f"\nresults: {path.relative_to(ROOT)} (and bench/results/latest.json)")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.seed import load_records
+from bench.seed import FORMULA, load_records
 from bench.service_run import FINAL, deployment, wait_until_ready
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,6 +32,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def tiny_fit_body(records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """A small, quick fit: the given seed-study rows, 1 chain x (100 tune + 100 draws)."""
+    return {
+        "data": records,
+        "formula": FORMULA,
+        "sampler": {"draws": 100, "tune": 100, "chains": 1, "seed": seed},
+    }
+
+
 def run(submissions: int, clients: int) -> dict[str, Any]:
     """Submit, drain, and check; the figures as a dict."""
     records = load_records()[:120]
@@ -39,11 +48,7 @@ def run(submissions: int, clients: int) -> dict[str, Any]:
         wait_until_ready(running)
 
         def submit(i: int) -> tuple[int, float, str | None]:
-            body = {
-                "data": records,
-                "formula": "score ~ (1 | school)",
-                "sampler": {"draws": 100, "tune": 100, "chains": 1, "seed": i},
-            }
+            body = tiny_fit_body(records, i)
             started = time.perf_counter()
             with httpx.Client(base_url=running.base_url, timeout=60) as client:
                 answer = client.post("/v1/fits", json=body)

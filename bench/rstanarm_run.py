@@ -1,49 +1,52 @@
-"""rstanarm's ``stan_glmer`` on the seed study, through ``Rscript`` when R has it.
+"""rstanarm's ``stan_glmer`` on a case, through ``Rscript`` when R has it.
 
-R writes the draws of the three main parameters (the school SD as the square root of
-rstanarm's variance ``Sigma[school:(Intercept),(Intercept)]``) to CSV; Python computes
-means, bulk ESS and R-hat from them with ArviZ, as for every other system. When R's
-``posterior`` package is there, its ``ess_bulk`` and ``rhat`` are used and ArviZ's are
-kept beside them. Without R or rstanarm the system is skipped, never failed.
+R writes the draws of the case's main parameters (a group SD as the square root of
+rstanarm's variance ``Sigma[g:t,t]``) to CSV under their Bambi names; Python computes means,
+bulk ESS and R-hat from them with ArviZ, as for every other system. When R's ``posterior``
+package is there, its ``ess_bulk`` and ``rhat`` are used and ArviZ's are kept beside them.
+Without R or rstanarm the system is skipped, never failed; past ``timeout_s`` the Rscript
+process group is killed and the system is skipped with reason ``timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from bench.seed import CHAINS, DATA_CSV, DRAWS, PARAMETERS, SEED, TUNE, summarize_parameters
-
-#: rstanarm's names for the three parameters, in the order of :data:`PARAMETERS`.
-R_NAMES = ("(Intercept)", "Sigma[school:(Intercept),(Intercept)]", "sigma")
+from bench.cases import CHAINS, DRAWS, SEED, TUNE, Case
+from bench.stats import summarize_parameters
 
 R_SCRIPT = r"""
 args <- commandArgs(trailingOnly = TRUE)
 data_csv <- args[1]; out <- args[2]
 chains <- as.integer(args[3]); draws <- as.integer(args[4]); warmup <- as.integer(args[5])
-seed <- as.integer(args[6])
+seed <- as.integer(args[6]); formula <- as.formula(args[7]); family <- eval(parse(text = args[8]))
+params <- read.csv(args[9], stringsAsFactors = FALSE)
 suppressPackageStartupMessages(library(rstanarm))
 d <- read.csv(data_csv)
-d$school <- factor(d$school)
 elapsed <- system.time(
-  fit <- stan_glmer(score ~ (1 | school), data = d, family = gaussian(),
+  fit <- stan_glmer(formula, data = d, family = family,
                     chains = chains, iter = warmup + draws, warmup = warmup,
                     seed = seed, cores = 1, refresh = 0)
 )[["elapsed"]]
-pars <- c("(Intercept)", "Sigma[school:(Intercept),(Intercept)]", "sigma")
-a <- as.array(fit, pars = pars)
-a[, , 2] <- sqrt(a[, , 2])
-rows <- do.call(rbind, lapply(seq_len(dim(a)[2]), function(ch) data.frame(
-  chain = ch - 1, draw = seq_len(dim(a)[1]) - 1,
-  Intercept = a[, ch, 1], school_sd = a[, ch, 2], sigma = a[, ch, 3])))
-write.csv(rows, file.path(out, "draws.csv"), row.names = FALSE)
+a <- as.array(fit, pars = params$r_name)[, , params$r_name, drop = FALSE]
+for (i in which(startsWith(params$r_name, "Sigma["))) a[, , i] <- sqrt(a[, , i])
+draws_out <- do.call(rbind, lapply(seq_len(dim(a)[2]), function(ch) {
+  m <- a[, ch, , drop = TRUE]
+  cbind(ch - 1, seq_len(dim(a)[1]) - 1, matrix(m, nrow = dim(a)[1]))
+}))
+colnames(draws_out) <- c("chain", "draw", params$name)
+write.csv(draws_out, file.path(out, "draws.csv"), row.names = FALSE)
 stan_time <- rstan::get_elapsed_time(fit$stanfit)
 meta <- data.frame(key = c("fit_s", "warmup_s", "sampling_s", "r_version", "rstanarm",
                            "rstan"),
@@ -51,9 +54,10 @@ meta <- data.frame(key = c("fit_s", "warmup_s", "sampling_s", "r_version", "rsta
                              R.version.string, as.character(packageVersion("rstanarm")),
                              as.character(packageVersion("rstan"))))
 if (requireNamespace("posterior", quietly = TRUE)) {
-  stats <- data.frame(name = dimnames(a)[[3]],
-                      ess_bulk = sapply(1:3, function(i) posterior::ess_bulk(a[, , i])),
-                      rhat = sapply(1:3, function(i) posterior::rhat(a[, , i])))
+  n <- dim(a)[3]
+  stats <- data.frame(name = params$name,
+                      ess_bulk = sapply(seq_len(n), function(i) posterior::ess_bulk(a[, , i])),
+                      rhat = sapply(seq_len(n), function(i) posterior::rhat(a[, , i])))
   write.csv(stats, file.path(out, "posterior.csv"), row.names = FALSE)
   meta <- rbind(meta, data.frame(key = "posterior",
                                  value = as.character(packageVersion("posterior"))))
@@ -62,8 +66,13 @@ write.csv(meta, file.path(out, "meta.csv"), row.names = FALSE)
 """
 
 
+class RscriptTimeout(Exception):
+    """Rscript ran past its time limit and was killed."""
+
+
+@cache
 def unavailable() -> str | None:
-    """Why rstanarm cannot run here, or None when it can."""
+    """Why rstanarm cannot run here, or None when it can (checked once per process)."""
     if shutil.which("Rscript") is None:
         return "Rscript is not installed (apt-get install r-cran-rstanarm)"
     check = 'quit(status = !requireNamespace("rstanarm", quietly = TRUE))'
@@ -73,17 +82,26 @@ def unavailable() -> str | None:
     return None
 
 
-def run_rstanarm(timeout_s: float = 1800) -> dict[str, Any]:
-    """Fit with stan_glmer in a fresh Rscript; skipped with a note when R cannot."""
+def run_rstanarm(case: Case, timeout_s: float = 900) -> dict[str, Any]:
+    """Fit ``case`` with stan_glmer in a fresh Rscript; skipped with a note when R cannot
+    or when it runs past ``timeout_s``."""
     reason = unavailable()
     if reason is not None:
-        return {"status": "skipped", "note": reason}
+        return {"status": "skipped", "reason": "unavailable", "note": reason}
     with tempfile.TemporaryDirectory(prefix="hbm-bench-r-") as folder:
         out = Path(folder)
-        script = out / "fit.R"
-        script.write_text(R_SCRIPT)
-        args = [str(a) for a in (DATA_CSV, out, CHAINS, DRAWS, TUNE, SEED)]
-        process_s, peak_kb = _run_measured(["Rscript", str(script), *args], out, timeout_s)
+        (out / "fit.R").write_text(R_SCRIPT)
+        case.write_csv(out / "data.csv")
+        with (out / "params.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerows([("r_name", "name"), *case.r_parameters.items()])
+        args = [out / "data.csv", out, CHAINS, DRAWS, TUNE, SEED, case.r_formula, case.r_family]
+        command = ["Rscript", str(out / "fit.R"), *map(str, args), str(out / "params.csv")]
+        try:
+            process_s, peak_kb = _run_measured(command, out, timeout_s)
+        except RscriptTimeout:
+            note = f"Rscript killed after {timeout_s:.0f} s (--rstanarm-timeout)"
+            return {"status": "skipped", "reason": "timeout", "note": note}
         meta = _read_meta(out / "meta.csv")
         result = {
             "wall_s": float(meta["fit_s"]),
@@ -97,17 +115,25 @@ def run_rstanarm(timeout_s: float = 1800) -> dict[str, Any]:
                 k: meta[k] for k in ("r_version", "rstanarm", "rstan", "posterior") if k in meta
             },
         }
-        result |= _statistics(out)
+        result |= _statistics(out, case)
     return result
 
 
 def _run_measured(command: list[str], out: Path, timeout_s: float) -> tuple[float, int]:
-    """Run ``command``; its wall time and peak RSS (KB) from ``wait4``. Raises on failure."""
+    """Run ``command`` in its own process group; its wall time and peak RSS (KB) from
+    ``wait4``. Raises :class:`RscriptTimeout` past ``timeout_s``, RuntimeError on failure."""
     log = out / "rscript.log"
+    killed = threading.Event()
     with log.open("wb") as handle:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=handle, stderr=handle)
-        timer = threading.Timer(timeout_s, process.kill)
+        process = subprocess.Popen(command, stdout=handle, stderr=handle, start_new_session=True)
+
+        def kill() -> None:
+            killed.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout_s, kill)
         timer.start()
         try:
             _, status, usage = os.wait4(process.pid, 0)
@@ -115,6 +141,8 @@ def _run_measured(command: list[str], out: Path, timeout_s: float) -> tuple[floa
             timer.cancel()
         process.returncode = os.waitstatus_to_exitcode(status)
         process_s = time.perf_counter() - started
+    if killed.is_set():
+        raise RscriptTimeout
     if process.returncode != 0:
         raise RuntimeError(f"Rscript exited {process.returncode}: {log.read_text()[-1500:]}")
     return process_s, usage.ru_maxrss
@@ -125,25 +153,21 @@ def _read_meta(path: Path) -> dict[str, str]:
         return {row["key"]: row["value"] for row in csv.DictReader(handle)}
 
 
-def _statistics(out: Path) -> dict[str, Any]:
+def _statistics(out: Path, case: Case) -> dict[str, Any]:
     """Means, ESS and R-hat: R's ``posterior`` figures when present, ArviZ's always."""
     import numpy as np
     import xarray as xr
 
-    from bench.seed import posterior_stats
+    from bench.stats import posterior_stats
 
     with (out / "draws.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    columns = {"Intercept": "Intercept", "1|school_sigma": "school_sd", "sigma": "sigma"}
-    n_chains = 1 + max(int(r["chain"]) for r in rows)
+    n_chains = 1 + max(int(float(r["chain"])) for r in rows)
     variables = {
-        name: (
-            ("chain", "draw"),
-            np.array([float(r[column]) for r in rows]).reshape(n_chains, -1),
-        )
-        for name, column in columns.items()
+        name: (("chain", "draw"), np.array([float(r[name]) for r in rows]).reshape(n_chains, -1))
+        for name in case.parameters
     }
-    by_arviz = posterior_stats(xr.Dataset(variables))
+    by_arviz = posterior_stats(xr.Dataset(variables), case.parameters)
     posterior_csv = out / "posterior.csv"
     if not posterior_csv.exists():
         return {**by_arviz, "ess_source": "arviz (from rstanarm's draws)"}
@@ -152,13 +176,13 @@ def _statistics(out: Path) -> dict[str, Any]:
     per_param = {
         name: {
             "mean": by_arviz["means"][name],
-            "ess_bulk": float(r_stats[r_name]["ess_bulk"]),
-            "r_hat": float(r_stats[r_name]["rhat"]),
+            "ess_bulk": float(r_stats[name]["ess_bulk"]),
+            "r_hat": float(r_stats[name]["rhat"]),
         }
-        for name, r_name in zip(PARAMETERS, R_NAMES, strict=True)
+        for name in case.parameters
     }
     return {
         **summarize_parameters(per_param),
-        "ess_source": "R posterior::ess_bulk / rhat (school SD on the sqrt scale)",
+        "ess_source": "R posterior::ess_bulk / rhat (group SDs on the sqrt scale)",
         "arviz": {k: by_arviz[k] for k in ("min_ess_bulk", "max_r_hat", "parameters")},
     }

@@ -1,9 +1,10 @@
 """The real service end to end over HTTP: API + fits worker + interactive worker on Redis.
 
 The deployment is started here with the same entry points as ``make run`` and the tests
-(``python -m service``, ``python -m worker fits|interactive``). Two fits are timed: the
-first on a fresh worker ("cold") and an identical one with another seed right after
-("warm", same worker process, so in-process compile caches may help).
+(``python -m service``, ``python -m worker fits|interactive``), one per case. Two fits of the
+case are timed: the first on a fresh worker ("cold") and the same case with another seed
+right after ("warm", same worker process: it reuses the model compiled for the same
+structure, and the fit's ``timings.compiled`` says so).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,10 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.seed import CHAINS, DRAWS, FORMULA, PARAMETERS, ROOT, TUNE, summarize_parameters
+from bench.cases import CHAINS, DRAWS, TUNE, Case
+from bench.peak_rss import reset_peak_rss, watch_peak_rss
+from bench.seed import ROOT
+from bench.stats import summarize_parameters
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 POLL_S = 0.05
@@ -73,8 +77,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def deployment() -> Iterator[Deployment]:
-    """An API and both workers on a flushed Redis database and a temporary data dir."""
+def deployment(settings: dict[str, str] | None = None) -> Iterator[Deployment]:
+    """An API and both workers on a flushed Redis database and a temporary data dir;
+    ``settings`` are extra environment variables (``HBM_...``) for all three."""
     from redis import Redis
 
     Redis.from_url(REDIS_URL).flushdb()
@@ -89,6 +94,7 @@ def deployment() -> Iterator[Deployment]:
             HOST="127.0.0.1",
             LOG_LEVEL="warning",
         )
+        env.update(settings or {})
         running = Deployment(f"http://127.0.0.1:{port}", env, Path(folder))
         try:
             running.start("worker-fits", "worker", "fits")
@@ -126,33 +132,19 @@ def pool_children(running: Deployment) -> list[psutil.Process]:
     return psutil.Process(running.processes["worker-fits"].pid).children(recursive=False)
 
 
-def reset_peak_rss(processes: list[psutil.Process]) -> bool:
-    """Reset VmHWM of ``processes`` (``clear_refs`` 5); False where the kernel refuses."""
-    try:
-        for process in processes:
-            Path(f"/proc/{process.pid}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mb(processes: list[psutil.Process]) -> float | None:
-    """The largest VmHWM among ``processes``, in MB."""
-    peaks = []
-    for process in processes:
-        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peaks.append(int(line.split()[1]) / 1024)
-    return max(peaks, default=None)
-
-
-def timed_fit(client: httpx.Client, records: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    """POST a fit and poll it to the end; wall time runs until its summary is served."""
-    body = {
-        "data": records,
-        "formula": FORMULA,
+def fit_body(case: Case, seed: int) -> dict[str, Any]:
+    """The ``POST /v1/fits`` body for ``case`` (its data as columns)."""
+    return {
+        "data": case.columns(),
+        "formula": case.formula,
+        "family": case.family,
         "sampler": {"draws": DRAWS, "tune": TUNE, "chains": CHAINS, "seed": seed},
     }
+
+
+def timed_fit(client: httpx.Client, case: Case, seed: int) -> dict[str, Any]:
+    """POST a fit and poll it to the end; wall time runs until its summary is served."""
+    body = fit_body(case, seed)
     started = time.perf_counter()
     response = client.post("/v1/fits", json=body)
     response.raise_for_status()
@@ -165,15 +157,21 @@ def timed_fit(client: httpx.Client, records: list[dict[str, Any]], seed: int) ->
         time.sleep(POLL_S)
     wall_s = time.perf_counter() - started
     diagnostics = client.get(f"{location}/diagnostics").json()
-    return {"wall_s": wall_s, **_figures(fit, summary.json(), diagnostics)}
+    return {"wall_s": wall_s, **_figures(case, fit, summary.json(), diagnostics)}
 
 
-def _figures(fit: dict[str, Any], summary: dict[str, Any], diag: dict[str, Any]) -> dict[str, Any]:
+def _figures(
+    case: Case, fit: dict[str, Any], summary: dict[str, Any], diag: dict[str, Any]
+) -> dict[str, Any]:
     means = {p["name"]: p["mean"] for p in summary["parameters"]}
+    by_name = {p["name"]: p for p in diag["parameters"]}
     per_param = {
-        p["name"]: {"mean": means[p["name"]], "ess_bulk": p["ess_bulk"], "r_hat": p["r_hat"]}
-        for p in diag["parameters"]
-        if p["name"] in PARAMETERS
+        name: {
+            "mean": means[name],
+            "ess_bulk": by_name[name]["ess_bulk"],
+            "r_hat": by_name[name]["r_hat"],
+        }
+        for name in case.parameters
     }
     timings = fit["timings"]
     return {
@@ -182,6 +180,7 @@ def _figures(fit: dict[str, Any], summary: dict[str, Any], diag: dict[str, Any])
         "timings": timings,
         "build_s": timings.get("build_s"),
         "compile_s": timings.get("compile_s"),
+        "compiled": timings.get("compiled"),
         "sampling_s": timings.get("sampling_s"),
         "verdict": diag["verdict"],
         "divergences": diag["divergences"],
@@ -191,26 +190,34 @@ def _figures(fit: dict[str, Any], summary: dict[str, Any], diag: dict[str, Any])
     }
 
 
-def run_service(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Start the service, time a cold and a warm fit, stop it; results by system name."""
+#: Something to measure on the running deployment after the warm fit (its client and id).
+After = Callable[[httpx.Client, str], dict[str, Any]]
+
+
+def run_service(case: Case, after: After | None = None) -> dict[str, dict[str, Any]]:
+    """Start the service, time a cold and a warm fit of ``case``, run ``after`` (its result
+    under the key ``"after"``), stop it; results by system name."""
     results: dict[str, dict[str, Any]] = {}
     with deployment() as running:
         started = time.perf_counter()
         wait_until_ready(running)
         startup_s = time.perf_counter() - started
-        pool = pool_children(running)
-        with httpx.Client(base_url=running.base_url, timeout=120) as client:
+        with httpx.Client(base_url=running.base_url, timeout=600) as client:
             for name, seed in (("service-http-cold", 1), ("service-http-warm", 2)):
-                reset = reset_peak_rss(pool)
+                reset = reset_peak_rss(pool_children(running))
                 try:
-                    result = timed_fit(client, records, seed)
+                    with watch_peak_rss(lambda: pool_children(running)) as peak:
+                        result = timed_fit(client, case, seed)
                 except Exception as exc:
                     logs = {n: running.log_tail(n) for n in ("api", "worker-fits")}
                     raise RuntimeError(f"{name}: {exc}\nlogs: {logs}") from exc
-                result["peak_rss_mb"] = peak_rss_mb(pool)
+                result["peak_rss_mb"] = peak.mb
+                result["pool_pids"] = peak.pids
                 result["peak_rss_note"] = "VmHWM of the fits worker's pool process" + (
                     ", reset before this fit" if reset else ", since the worker started"
                 )
                 results[name] = result
+            if after is not None:
+                results["after"] = after(client, results["service-http-warm"]["fit_id"])
         results["service-http-cold"]["startup_s"] = startup_s
     return results

@@ -1,0 +1,100 @@
+"""``api-latency-50-clients``: API latency under 50 concurrent clients for about 20 s.
+
+Each client (a thread with its own keep-alive ``httpx.Client``) loops until the time is up,
+submitting a tiny fit (``bench.load.tiny_fit_body``) with probability :data:`SUBMIT_SHARE`
+and otherwise polling ``GET /v1/fits/{id}`` of a random existing fit. The deployment runs
+with the per-key quotas raised (:data:`QUOTAS`), so the figures measure the API, not the
+quota; the fits worker drains the submitted fits meanwhile, on the same cores.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from bench.load import percentile, tiny_fit_body
+from bench.seed import load_records
+from bench.service_run import deployment, wait_until_ready
+
+CLIENTS = 50
+DURATION_S = 20.0
+SUBMIT_SHARE = 0.2
+PRIMING_FITS = 20
+QUOTAS = {"HBM_SUBMISSIONS_PER_MINUTE": "1000000", "HBM_MAX_ACTIVE_FITS_PER_KEY": "1000000"}
+
+Sample = tuple[str, str, float]  # (submit | status, HTTP status or error name, seconds)
+
+
+def run_latency(clients: int = CLIENTS, duration_s: float = DURATION_S) -> dict[str, Any]:
+    """Start a deployment with raised quotas, load it, stop it; latency figures."""
+    records = load_records()[:120]
+    seeds = itertools.count()
+    with deployment(QUOTAS) as running:
+        wait_until_ready(running)
+        with httpx.Client(base_url=running.base_url, timeout=60) as client:
+            ids = [
+                client.post("/v1/fits", json=tiny_fit_body(records, next(seeds))).json()["id"]
+                for _ in range(PRIMING_FITS)
+            ]
+        deadline = time.monotonic() + duration_s
+
+        def client_loop(index: int) -> list[Sample]:
+            rng = random.Random(index)
+            samples: list[Sample] = []
+            with httpx.Client(base_url=running.base_url, timeout=60) as http:
+                while time.monotonic() < deadline:
+                    submit = rng.random() < SUBMIT_SHARE
+                    started = time.perf_counter()
+                    try:
+                        if submit:
+                            answer = http.post("/v1/fits", json=tiny_fit_body(records, next(seeds)))
+                        else:
+                            answer = http.get(f"/v1/fits/{rng.choice(ids)}")
+                        code = str(answer.status_code)
+                    except httpx.HTTPError as exc:
+                        code = type(exc).__name__
+                    samples.append(
+                        ("submit" if submit else "status", code, time.perf_counter() - started)
+                    )
+                    if submit and code == "202":
+                        ids.append(answer.json()["id"])
+            return samples
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            samples = [s for batch in pool.map(client_loop, range(clients)) for s in batch]
+        elapsed_s = time.perf_counter() - started
+    return {
+        "status": "ok",
+        "clients": clients,
+        "duration_s": elapsed_s,
+        "submit_share": SUBMIT_SHARE,
+        "settings": QUOTAS,
+        "requests_per_s": len(samples) / elapsed_s,
+        "submit": _figures([s for s in samples if s[0] == "submit"]),
+        "status_poll": _figures([s for s in samples if s[0] == "status"]),
+        "note": "per-key quotas raised through the deployment's environment "
+        f"({', '.join(f'{k}={v}' for k, v in QUOTAS.items())}) so that this measures the "
+        "API rather than the quota; clients, API and fits worker share the machine's cores",
+    }
+
+
+def _figures(samples: list[Sample]) -> dict[str, Any]:
+    """Count, latency percentiles (ms) and answers by status code."""
+    seconds = [s for _, _, s in samples]
+    if not seconds:
+        return {"requests": 0, "codes": {}}
+    return {
+        "requests": len(seconds),
+        "p50_ms": 1000 * percentile(seconds, 0.50),
+        "p95_ms": 1000 * percentile(seconds, 0.95),
+        "p99_ms": 1000 * percentile(seconds, 0.99),
+        "max_ms": 1000 * max(seconds),
+        "codes": dict(Counter(code for _, code, _ in samples)),
+    }
