@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import platform
@@ -111,6 +112,9 @@ def run_fit(fit_id: str, ctx: Context) -> None:
             _run_locked(fit_id, record, ctx, heartbeat)
     finally:
         ctx.store.release_lock(fit_id, token)
+        # The model's design matrices and draws go now, not at some later collection:
+        # Celery judges the process's size right after the task (worker_recycle_rss_mb).
+        gc.collect()
 
 
 def _run_locked(fit_id: str, record: FitResource, ctx: Context, heartbeat: Heartbeat) -> None:

@@ -9,6 +9,7 @@ Each reference parameter carries a Bambi expression: ``Intercept``, ``1|school_s
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ class Comparison:
     expression: str
     z: float  # |mean_fit - mean_ref| / sd_ref
     ratio: float  # sd_fit / sd_ref
+    mc_z: float  # |mean_fit - mean_ref| / (combined Monte Carlo SE), inf when not known
+
+    def agrees(self, tolerance: float = 0.1) -> bool:
+        """Within ``tolerance`` reference SDs, or within 3 Monte Carlo standard errors (a
+        slowly mixing mean, such as a crossed model's intercept, is only known that well)."""
+        return self.z <= tolerance or self.mc_z <= 3
 
 
 def fitted_estimates(client: httpx.Client, location: str) -> dict[str, dict[str, float]]:
@@ -67,12 +74,15 @@ def compare(estimates: dict[str, dict[str, float]], reference: dict[str, Any]) -
             sign = -1.0
             expression = f"{match['term']}[{match['level']}]"
         fit = estimates[expression]
+        difference = abs(sign * fit["mean"] - ref["mean"])
+        mcse = (fit.get("mcse_mean", math.inf) ** 2 + ref.get("mcse_mean", 0.0) ** 2) ** 0.5
         rows.append(
             Comparison(
                 name=name,
                 expression=ref["bambi"],
-                z=abs(sign * fit["mean"] - ref["mean"]) / ref["sd"],
+                z=difference / ref["sd"],
                 ratio=fit["sd"] / ref["sd"],
+                mc_z=difference / mcse,
             )
         )
     return rows
