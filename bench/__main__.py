@@ -98,7 +98,7 @@ def _predictions(client: httpx.Client, fit_id: str) -> dict[str, Any]:
 
 
 def run_case(
-    case: Case, selected: set[str], rstanarm_timeout_s: float
+    case: Case, selected: set[str], rstanarm_timeout_s: float, peer_timeout_s: float = 900
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """Every selected system on ``case``, service first (its cold fit meets the coldest
     caches); with the seed study, also the predictions measurement. (systems, predictions)"""
@@ -112,7 +112,9 @@ def run_case(
         predictions = service.get("after", service) if predicting else None
     for name in PEERS:
         if name in selected:
-            systems[name] = _attempt(f"{case.name} {name}", partial(run_peer, name, case))
+            systems[name] = _attempt(
+                f"{case.name} {name}", partial(run_peer, name, case, peer_timeout_s)
+            )
     if "rstanarm" in selected:
         systems["rstanarm"] = _attempt(
             f"{case.name} rstanarm", lambda: run_rstanarm(case, rstanarm_timeout_s)
@@ -147,6 +149,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SECONDS",
         help="kill an rstanarm fit past this and report it skipped (default 900)",
     )
+    parser.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=900,
+        metavar="SECONDS",
+        help="kill an in-process peer (Bambi + nutpie, Bambi + PyMC) past this (default 900)",
+    )
     args = parser.parse_args(argv)
     cases = args.cases.split(",") if args.cases else list(CASES)
     selected = set(args.only.split(",")) if args.only else set(every)
@@ -165,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             "seed": SEED,
             "data_seed": DATA_SEED,
             "rstanarm_timeout_s": args.rstanarm_timeout,
+            "peer_timeout_s": args.peer_timeout,
         },
         "machine": machine(),
         "cases": {},
@@ -172,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name in cases:
         case = CASES[name]
-        case_systems, predictions = run_case(case, selected, args.rstanarm_timeout)
+        case_systems, predictions = run_case(
+            case, selected, args.rstanarm_timeout, args.peer_timeout
+        )
         if selected & set(SYSTEMS):
             report["cases"][name] = {"case": case.describe(), "systems": case_systems}
         if predictions is not None:

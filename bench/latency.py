@@ -1,8 +1,11 @@
-"""``api-latency-50-clients``: API latency under 50 concurrent clients for about 20 s.
+"""``api-latency-50-clients``: API latency under 50 concurrent clients, twice 20 s.
 
 Each client (a thread with its own keep-alive ``httpx.Client``) loops until the time is up,
 submitting a tiny fit (``bench.load.tiny_fit_body``) with probability :data:`SUBMIT_SHARE`
-and otherwise polling ``GET /v1/fits/{id}`` of a random existing fit. The deployment runs
+and otherwise polling ``GET /v1/fits/{id}`` of a random existing fit. Two phases:
+``paced``, where each client waits :data:`THINK_S` between requests (a client polling its
+fits twice a second: about 100 requests a second in all), and ``saturated``, with no wait
+at all (the API's throughput; latency there is mostly queueing). The deployment runs
 with the per-key quotas raised (:data:`QUOTAS`), so the figures measure the API, not the
 quota; the fits worker drains the submitted fits meanwhile, on the same cores.
 """
@@ -26,13 +29,14 @@ CLIENTS = 50
 DURATION_S = 20.0
 SUBMIT_SHARE = 0.2
 PRIMING_FITS = 20
+THINK_S = 0.5
 QUOTAS = {"HBM_SUBMISSIONS_PER_MINUTE": "1000000", "HBM_MAX_ACTIVE_FITS_PER_KEY": "1000000"}
 
 Sample = tuple[str, str, float]  # (submit | status, HTTP status or error name, seconds)
 
 
 def run_latency(clients: int = CLIENTS, duration_s: float = DURATION_S) -> dict[str, Any]:
-    """Start a deployment with raised quotas, load it, stop it; latency figures."""
+    """Start a deployment with raised quotas, load it paced then saturated, stop it."""
     records = load_records()[:120]
     seeds = itertools.count()
     with deployment(QUOTAS) as running:
@@ -42,46 +46,69 @@ def run_latency(clients: int = CLIENTS, duration_s: float = DURATION_S) -> dict[
                 client.post("/v1/fits", json=tiny_fit_body(records, next(seeds))).json()["id"]
                 for _ in range(PRIMING_FITS)
             ]
-        deadline = time.monotonic() + duration_s
-
-        def client_loop(index: int) -> list[Sample]:
-            rng = random.Random(index)
-            samples: list[Sample] = []
-            with httpx.Client(base_url=running.base_url, timeout=60) as http:
-                while time.monotonic() < deadline:
-                    submit = rng.random() < SUBMIT_SHARE
-                    started = time.perf_counter()
-                    try:
-                        if submit:
-                            answer = http.post("/v1/fits", json=tiny_fit_body(records, next(seeds)))
-                        else:
-                            answer = http.get(f"/v1/fits/{rng.choice(ids)}")
-                        code = str(answer.status_code)
-                    except httpx.HTTPError as exc:
-                        code = type(exc).__name__
-                    samples.append(
-                        ("submit" if submit else "status", code, time.perf_counter() - started)
-                    )
-                    if submit and code == "202":
-                        ids.append(answer.json()["id"])
-            return samples
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=clients) as pool:
-            samples = [s for batch in pool.map(client_loop, range(clients)) for s in batch]
-        elapsed_s = time.perf_counter() - started
+        phases = {
+            name: _phase(running.base_url, records, seeds, ids, clients, duration_s, think_s)
+            for name, think_s in (("paced", THINK_S), ("saturated", 0.0))
+        }
     return {
         "status": "ok",
         "clients": clients,
-        "duration_s": elapsed_s,
         "submit_share": SUBMIT_SHARE,
+        "think_s": THINK_S,
         "settings": QUOTAS,
+        **phases["paced"],
+        "saturated": phases["saturated"],
+        "note": "per-key quotas raised through the deployment's environment "
+        f"({', '.join(f'{k}={v}' for k, v in QUOTAS.items())}) so that this measures the "
+        f"API rather than the quota; each client waits {THINK_S} s between requests (the "
+        "'saturated' phase: no wait); clients, API and fits worker share the machine's cores",
+    }
+
+
+def _phase(
+    base_url: str,
+    records: list[dict[str, Any]],
+    seeds: itertools.count[int],
+    ids: list[str],
+    clients: int,
+    duration_s: float,
+    think_s: float,
+) -> dict[str, Any]:
+    """One load phase: every client loops until ``duration_s`` is up."""
+    deadline = time.monotonic() + duration_s
+
+    def client_loop(index: int) -> list[Sample]:
+        rng = random.Random(index)
+        samples: list[Sample] = []
+        with httpx.Client(base_url=base_url, timeout=60) as http:
+            while time.monotonic() < deadline:
+                submit = rng.random() < SUBMIT_SHARE
+                started = time.perf_counter()
+                try:
+                    if submit:
+                        answer = http.post("/v1/fits", json=tiny_fit_body(records, next(seeds)))
+                    else:
+                        answer = http.get(f"/v1/fits/{rng.choice(ids)}")
+                    code = str(answer.status_code)
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                samples.append(
+                    ("submit" if submit else "status", code, time.perf_counter() - started)
+                )
+                if submit and code == "202":
+                    ids.append(answer.json()["id"])
+                time.sleep(think_s)
+        return samples
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        samples = [s for batch in pool.map(client_loop, range(clients)) for s in batch]
+    elapsed_s = time.perf_counter() - started
+    return {
+        "duration_s": elapsed_s,
         "requests_per_s": len(samples) / elapsed_s,
         "submit": _figures([s for s in samples if s[0] == "submit"]),
         "status_poll": _figures([s for s in samples if s[0] == "status"]),
-        "note": "per-key quotas raised through the deployment's environment "
-        f"({', '.join(f'{k}={v}' for k, v in QUOTAS.items())}) so that this measures the "
-        "API rather than the quota; clients, API and fits worker share the machine's cores",
     }
 
 

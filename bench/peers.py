@@ -117,14 +117,18 @@ def run_peer(name: str, case: Case, timeout_s: float = 1800) -> dict[str, Any]:
     wall time. Raises when the child fails or fitted other data than this process has."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        completed = subprocess.run(
-            [sys.executable, "-m", "bench.peers", name, case.name],
-            cwd=ROOT,
-            stdout=out,
-            stderr=err,
-            timeout=timeout_s,
-            check=False,
-        )
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "bench.peers", name, case.name],
+                cwd=ROOT,
+                stdout=out,
+                stderr=err,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            note = f"did not finish within {timeout_s:.0f} s (killed)"
+            return {"status": "skipped", "reason": "timeout", "note": note}
         process_s = time.perf_counter() - started
         out.seek(0)
         err.seek(0)

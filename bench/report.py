@@ -152,11 +152,20 @@ def latency_line(a: dict[str, Any]) -> str:
     """The ``api-latency-50-clients`` measurement in one line."""
     if a.get("status") != "ok":
         return f"**api-latency-50-clients**: {_note(a)}"
+    saturated = a.get("saturated")
+    extra = ""
+    if saturated:
+        extra = (
+            f" Saturated (no wait, {saturated['requests_per_s']:.0f} requests/s): "
+            f"{_latency('submit', saturated['submit'], '202')}; "
+            f"{_latency('status', saturated['status_poll'], '200')}."
+        )
     return (
         f"**api-latency-50-clients** ({a['clients']} clients for {a['duration_s']:.0f} s, "
+        f"each waiting {a.get('think_s', 0)} s between requests; "
         f"{a['submit_share']:.0%} tiny-fit submissions, the rest status polls; "
         f"{a['requests_per_s']:.0f} requests/s): {_latency('submit', a['submit'], '202')}; "
-        f"{_latency('status', a['status_poll'], '200')}. Quotas raised for this run "
+        f"{_latency('status', a['status_poll'], '200')}.{extra} Quotas raised for this run "
         "(submissions a minute, fits in progress), so it measures the API, not the quota."
     )
 
