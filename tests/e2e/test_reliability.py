@@ -19,13 +19,13 @@ pytestmark = pytest.mark.e2e
 
 
 def submit(client: httpx.Client, records: list[dict[str, Any]], **sampler: Any) -> str:
-    """A fit that samples for several seconds (Student-t, 2 x 20,000 draws), so that it can
+    """A fit that samples for several seconds (Student-t, 2 x 8,000 draws), so that it can
     be caught running even when its worker has the model compiled already."""
     body = {
         "data": records,
         "formula": "score ~ (1 | school)",
         "family": "t",
-        "sampler": {"draws": 20_000, "tune": 1000, "chains": 2} | sampler,
+        "sampler": {"draws": 8_000, "tune": 1000, "chains": 2} | sampler,
     }
     response = client.post("/v1/fits", json=body)
     assert response.status_code == 202, response.text

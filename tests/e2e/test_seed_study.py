@@ -43,8 +43,9 @@ def test_the_fit_reports_its_run(seed_fit: dict[str, Any]) -> None:
     assert seed_fit["progress"] is None
     timings = seed_fit["timings"]
     assert 0 < timings["sampling_s"] < timings["total_s"]
-    assert timings["compile_s"] > 0
-    assert timings["compiled"] is True
+    # Earlier tests may have fitted this structure on the same worker: then it is reused.
+    assert isinstance(timings["compiled"], bool)
+    assert timings["compile_s"] > (0.5 if timings["compiled"] else 0)
     assert {"bambi", "pymc", "nutpie", "arviz"} <= set(seed_fit["versions"])
     assert seed_fit["links"]["summary"].endswith("/summary")
 
