@@ -3,7 +3,8 @@
 ``python -m bench.rss [--fits 100]`` starts the service, runs small seed-study fits one
 after another through HTTP, and records the resident memory of the fits worker's pool
 process after each; JSON goes to ``bench/results/rss-<UTC time>.json``. The pool process
-is replaced after 100 tasks (``worker_max_tasks_per_child``), which the output notes.
+is replaced after ``HBM_TASKS_PER_CHILD`` tasks (200 by default) or when it is above
+``HBM_WORKER_RECYCLE_RSS_MB`` after a task; the output notes replacements (pid changes).
 """
 
 from __future__ import annotations
