@@ -52,12 +52,9 @@ class Choice:
     reason: str
     centre_on_intercept: str | None = None  # the group term centred on the intercept
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "parameterization": self.parameterization,
-            "reason": self.reason,
-            "centred_on_intercept": self.centre_on_intercept,
-        }
+    def diagnostics(self) -> dict[str, str]:
+        """The fields this choice adds to a fit's diagnostics."""
+        return {"parameterization": self.parameterization, "parameterization_reason": self.reason}
 
 
 def identification(residuals: np.ndarray, level: np.ndarray, z: np.ndarray) -> float | None:

@@ -49,14 +49,8 @@ def store_results(
         "summary.json": summarize(model, posterior, fit_id, kind, prob),
         "groups.json": group_effects(model, posterior, fit_id, kind, prob),
         "diagnostics.json": diagnose(model, posterior, sample_stats, fit_id)
-        | _parameterization(choice),
+        | (choice.diagnostics() if choice else {}),
         "priors.json": {"fit_id": fit_id, "priors": priors_used(model)},
     }
     for name, body in results.items():
         artifacts.write_json(fit_id, name, body)
-
-
-def _parameterization(choice: Choice | None) -> dict[str, str]:
-    if choice is None:
-        return {}
-    return {"parameterization": choice.parameterization, "parameterization_reason": choice.reason}
