@@ -70,12 +70,10 @@ def predict(
         (category,) = extra
         positions = xr.DataArray(np.arange(values.sizes[category]), dims=(category,))
         values = (values * positions).sum(category)
-    values = values.transpose(*SAMPLE_DIMS, OBS)
-    bounds = interval(values, interval_kind, prob)
-    mean = values.mean(SAMPLE_DIMS).values
-    sd = values.std(SAMPLE_DIMS, ddof=1).values
-    lower = bounds.sel(ci_bound="lower").values
-    upper = bounds.sel(ci_bound="upper").values
+    draws = values.transpose(*SAMPLE_DIMS, OBS).values
+    lower, upper = interval(draws, interval_kind, prob)
+    mean = draws.mean(axis=(0, 1))
+    sd = draws.reshape(-1, n).std(axis=0, ddof=1)
     rows = [
         {
             "row": i,

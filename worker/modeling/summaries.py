@@ -1,4 +1,4 @@
-"""Posterior summaries, group effects and convergence diagnostics (the only ArviZ user).
+"""Posterior summaries, group effects and convergence diagnostics.
 
 Parameters are classified from the Bambi model: ``fixed`` (common terms of every
 distributional parameter), ``group_sd`` (the SD hyperparameter of a group-level term),
@@ -10,17 +10,17 @@ Per-level group effects are served by the groups resource, not the summary.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import arviz as az
 import bambi as bmb
 import numpy as np
 import xarray as xr
 from bambi.utils import get_aliased_name
 
 from service.core.schemas import DEFAULT_PROB, IntervalKind
+from worker.modeling import mcmc_stats
 
 SAMPLE_DIMS = ("chain", "draw")
 DEFAULT_INTERVAL: tuple[IntervalKind, float] = ("hdi", DEFAULT_PROB)
@@ -72,51 +72,63 @@ def group_terms(model: bmb.Model) -> dict[str, list[Any]]:
     return factors
 
 
-def interval(data: xr.Dataset | xr.DataArray, kind: IntervalKind, prob: float) -> Any:
-    """HDI or equal-tailed interval over the sample dims, with a ``ci_bound`` dim."""
+def interval(draws: np.ndarray, kind: IntervalKind, prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """HDI or equal-tailed interval of each column of ``draws`` shaped (chain, draw, k)."""
     if kind == "hdi":
-        return az.hdi(data, prob=prob)
-    return az.eti(data, prob=prob)
+        return mcmc_stats.hdi(draws, prob)
+    return mcmc_stats.eti(draws, prob)
 
 
 def _label(coords: Mapping[Any, Any]) -> str | None:
     return ", ".join(str(v) for v in coords.values()) or None
 
 
-def _rows(
-    ds: xr.Dataset, kind: IntervalKind, prob: float, *, diagnostics: bool
-) -> list[dict[str, Any]]:
-    """One row per scalar element of every variable in ``ds``."""
-    stats = {
-        "mean": ds.mean(SAMPLE_DIMS),
-        "sd": ds.std(SAMPLE_DIMS, ddof=1),
-        "mcse_mean": az.mcse(ds, method="mean"),
-    }
-    bounds = interval(ds, kind, prob)
-    if diagnostics:
-        stats |= {
-            "r_hat": az.rhat(ds),
-            "ess_bulk": az.ess(ds, method="bulk"),
-            "ess_tail": az.ess(ds, method="tail"),
-        }
-    else:
-        stats["mcse_sd"] = az.mcse(ds, method="sd")
-    rows: list[dict[str, Any]] = []
+#: Column statistics by name: each maps draws (chain, draw, k) to k values.
+STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda x: x.mean(axis=(0, 1)),
+    "sd": lambda x: x.reshape(-1, x.shape[2]).std(axis=0, ddof=1),
+    "mcse_mean": mcmc_stats.mcse_mean,
+    "mcse_sd": mcmc_stats.mcse_sd,
+    "r_hat": mcmc_stats.rhat,
+    "ess_bulk": mcmc_stats.ess_bulk,
+    "ess_tail": mcmc_stats.ess_tail,
+}
+ESTIMATE = ("mean", "sd")
+SUMMARY = ("mean", "sd", "mcse_mean", "mcse_sd")
+DIAGNOSTICS = ("mcse_mean", "r_hat", "ess_bulk", "ess_tail")
+
+
+def _columns(ds: xr.Dataset) -> tuple[np.ndarray, list[tuple[str, str | None]]]:
+    """Every scalar of every variable as one column of a (chain, draw, k) array."""
+    blocks: list[np.ndarray] = []
+    names: list[tuple[str, str | None]] = []
     for name in ds.data_vars:
-        other_dims = [d for d in ds[name].dims if d not in SAMPLE_DIMS]
-        index = np.ndindex(*(ds.sizes[d] for d in other_dims))
-        for position in index:
-            where = dict(zip(other_dims, position, strict=True))
-            coords = {d: ds[d].values[i] for d, i in where.items()}
-            row: dict[str, Any] = {"name": str(name), "level": _label(coords)}
-            for stat, values in stats.items():
-                value = float(values[name].isel(where))
-                # A fixed quantity (a Constant hyperprior) has no Monte Carlo error.
-                row[stat] = value if math.isfinite(value) or stat == "r_hat" else 0.0
-            lower_upper = bounds[name].isel(where)
-            row["lower"] = float(lower_upper.sel(ci_bound="lower"))
-            row["upper"] = float(lower_upper.sel(ci_bound="upper"))
-            rows.append(row)
+        variable = ds[name].transpose(*SAMPLE_DIMS, ...)
+        other_dims = variable.dims[2:]
+        blocks.append(variable.values.reshape(*variable.shape[:2], -1).astype(float))
+        for position in np.ndindex(*variable.shape[2:]):
+            coords = {d: ds[d].values[i] for d, i in zip(other_dims, position, strict=True)}
+            names.append((str(name), _label(coords)))
+    return np.concatenate(blocks, axis=2), names
+
+
+def _rows(
+    ds: xr.Dataset, kind: IntervalKind | None, prob: float, statistics: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """One row per scalar element of every variable in ``ds``: the named statistics and,
+    with an interval ``kind``, ``lower`` and ``upper``."""
+    draws, names = _columns(ds)
+    columns = {stat: STATISTICS[stat](draws) for stat in statistics}
+    if kind is not None:
+        columns["lower"], columns["upper"] = interval(draws, kind, prob)
+    rows: list[dict[str, Any]] = []
+    for i, (name, level) in enumerate(names):
+        row: dict[str, Any] = {"name": name, "level": level}
+        for stat, values in columns.items():
+            value = float(values[i])
+            # A fixed quantity (a Constant hyperprior) has no Monte Carlo error.
+            row[stat] = value if math.isfinite(value) or stat == "r_hat" else 0.0
+        rows.append(row)
     return rows
 
 
@@ -126,7 +138,7 @@ def summarize(
     """The summary resource: every fixed effect, group SD and auxiliary parameter."""
     roles = parameter_roles(model)
     names = [n for n in roles if n in posterior]
-    rows = _rows(posterior[names], kind, prob, diagnostics=False)
+    rows = _rows(posterior[names], kind, prob, SUMMARY)
     for row in rows:
         role = roles[row["name"]]
         row |= {"kind": role.kind, "term": role.term}
@@ -181,7 +193,7 @@ def _add_term_levels(
     parts = xr.Dataset({"ranef": ranef})
     if fixed is not None:
         parts["coef"] = ranef + fixed
-    rows = _rows(parts, kind, prob, diagnostics=False)
+    rows = _rows(parts, kind, prob, ESTIMATE)
     by_level: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
         by_level[(row["name"], row["level"])] = row
@@ -223,7 +235,7 @@ def diagnose(
         for n in [*roles, *group_names]
         if n in posterior and float(posterior[n].std()) > 0  # constants have no diagnostics
     ]
-    rows = _rows(posterior[names], *DEFAULT_INTERVAL, diagnostics=True)
+    rows = _rows(posterior[names], None, DEFAULT_PROB, DIAGNOSTICS)
     chains = posterior.sizes["chain"]
     draws = posterior.sizes["draw"]
     divergences = int(sample_stats["diverging"].sum()) if "diverging" in sample_stats else 0
