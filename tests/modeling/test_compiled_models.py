@@ -12,6 +12,7 @@ from typing import Any
 
 import bambi as bmb
 import numpy as np
+import nutpie
 import pandas as pd
 import pytest
 
@@ -19,6 +20,7 @@ from service.core.schemas import ResolvedSampler
 from worker.modeling import compiled as compiled_module
 from worker.modeling.compiled import CompiledModels, lift
 from worker.modeling.sampling import SampleResult, sample
+from worker.modeling.shared_inputs import straight_line_readers
 
 SAMPLER = ResolvedSampler(draws=500, tune=500, chains=2, seed=7, target_accept=0.8, method="nutpie")
 FORMULA = "y ~ x + (1 | g)"
@@ -137,3 +139,24 @@ def test_a_reused_model_agrees_with_bambis_own_fit(
         mean = float(ours.posterior[name].mean())
         assert abs(mean - float(theirs[name].mean())) < 0.35 * sd, name
         assert 0.8 < float(ours.posterior[name].std()) / sd < 1.25, name
+
+
+def test_the_written_out_input_reader_samples_what_nutpies_own_reader_samples() -> None:
+    """``shared_inputs`` only changes how fast the model compiles, not what it samples."""
+    model = bmb.Model(FORMULA, study(5))
+    model.build()
+    lifted = lift(model)
+    assert {value.ndim for value in lifted.inputs.values()} >= {0, 1, 2}
+
+    def draws(compiled: Any) -> np.ndarray:
+        trace = nutpie.sample(compiled, draws=100, tune=100, chains=2, seed=3, progress_bar=False)
+        return np.asarray(trace.posterior["x"].values)
+
+    with straight_line_readers():
+        ours = nutpie.compile_pymc_model(lifted.model)
+    theirs = nutpie.compile_pymc_model(lifted.model)
+    np.testing.assert_array_equal(draws(ours), draws(theirs))
+    changed = {name: value + 1.0 for name, value in lifted.inputs.items() if value.ndim == 2}
+    np.testing.assert_array_equal(
+        draws(ours.with_data(**changed)), draws(theirs.with_data(**changed))
+    )

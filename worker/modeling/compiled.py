@@ -41,6 +41,7 @@ from pytensor.tensor.sharedvar import TensorSharedVariable
 from pytensor.tensor.variable import TensorConstant
 
 from worker.modeling.parameterization import centre_on_intercept
+from worker.modeling.shared_inputs import straight_line_readers
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class CompiledModels:
         """A compiled model fed with ``lifted``'s inputs, and whether it was compiled now."""
         entry = self._items.get(lifted.key)
         if entry is None:
-            compiled = nutpie.compile_pymc_model(lifted.model, var_names=list(var_names))
+            with straight_line_readers():
+                compiled = nutpie.compile_pymc_model(lifted.model, var_names=list(var_names))
             shared = {var.name: var for var in compiled.shared_var_keys}
             self._items[lifted.key] = CompiledEntry(compiled, shared)
             while len(self._items) > self.size:
