@@ -1,22 +1,26 @@
 """``api-latency-50-clients``: API latency under 50 concurrent clients, twice 20 s.
 
-Each client (a thread with its own keep-alive ``httpx.Client``) loops until the time is up,
+Each client (a thread with its own keep-alive ``httpx.Client``; the 50 threads are spread
+over :data:`CLIENT_PROCESSES` processes, so that the clients' own GIL does not queue their
+requests and add to the measured latency) loops until the time is up,
 submitting a tiny fit (``bench.load.tiny_fit_body``) with probability :data:`SUBMIT_SHARE`
 and otherwise polling ``GET /v1/fits/{id}`` of a random existing fit. Two phases:
 ``paced``, where each client waits :data:`THINK_S` between requests (a client polling its
 fits twice a second: about 100 requests a second in all), and ``saturated``, with no wait
 at all (the API's throughput; latency there is mostly queueing). The deployment runs
 with the per-key quotas raised (:data:`QUOTAS`), so the figures measure the API, not the
-quota; the fits worker drains the submitted fits meanwhile, on the same cores.
+quota; the fits worker drains the submitted fits meanwhile, on the same cores. The API
+runs as compose runs it, with :data:`API_WORKERS` processes.
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import random
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -30,6 +34,8 @@ DURATION_S = 20.0
 SUBMIT_SHARE = 0.2
 PRIMING_FITS = 20
 THINK_S = 0.5
+CLIENT_PROCESSES = 5
+API_WORKERS = "2"
 QUOTAS = {"HBM_SUBMISSIONS_PER_MINUTE": "1000000", "HBM_MAX_ACTIVE_FITS_PER_KEY": "1000000"}
 
 Sample = tuple[str, str, float]  # (submit | status, HTTP status or error name, seconds)
@@ -39,7 +45,7 @@ def run_latency(clients: int = CLIENTS, duration_s: float = DURATION_S) -> dict[
     """Start a deployment with raised quotas, load it paced then saturated, stop it."""
     records = load_records()[:120]
     seeds = itertools.count()
-    with deployment(QUOTAS) as running:
+    with deployment({**QUOTAS, "HBM_API_WORKERS": API_WORKERS}) as running:
         wait_until_ready(running)
         with httpx.Client(base_url=running.base_url, timeout=60) as client:
             ids = [
@@ -56,12 +62,15 @@ def run_latency(clients: int = CLIENTS, duration_s: float = DURATION_S) -> dict[
         "submit_share": SUBMIT_SHARE,
         "think_s": THINK_S,
         "settings": QUOTAS,
+        "api_workers": int(API_WORKERS),
+        "client_processes": CLIENT_PROCESSES,
         **phases["paced"],
         "saturated": phases["saturated"],
         "note": "per-key quotas raised through the deployment's environment "
         f"({', '.join(f'{k}={v}' for k, v in QUOTAS.items())}) so that this measures the "
         f"API rather than the quota; each client waits {THINK_S} s between requests (the "
-        "'saturated' phase: no wait); clients, API and fits worker share the machine's cores",
+        "'saturated' phase: no wait); clients, API and fits worker share the machine's cores; "
+        f"{API_WORKERS} API processes; clients in {CLIENT_PROCESSES} processes",
     }
 
 
@@ -75,7 +84,35 @@ def _phase(
     think_s: float,
 ) -> dict[str, Any]:
     """One load phase: every client loops until ``duration_s`` is up."""
-    deadline = time.monotonic() + duration_s
+    deadline = time.monotonic() + duration_s  # CLOCK_MONOTONIC: the same in every process
+    first_seed = next(seeds) * 100_000_000  # seeds no other phase or process uses
+    groups = [list(range(i, clients, CLIENT_PROCESSES)) for i in range(CLIENT_PROCESSES)]
+    started = time.perf_counter()
+    spawn = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    with ProcessPoolExecutor(max_workers=CLIENT_PROCESSES, mp_context=spawn) as pool:
+        batches = pool.map(
+            _client_process,
+            [
+                (base_url, records, first_seed + 1_000_000 * (i + 1), ids, group, deadline, think_s)
+                for i, group in enumerate(groups)
+            ],
+        )
+        samples = [s for batch in batches for s in batch]
+    elapsed_s = time.perf_counter() - started
+    return {
+        "duration_s": elapsed_s,
+        "requests_per_s": len(samples) / elapsed_s,
+        "submit": _figures([s for s in samples if s[0] == "submit"]),
+        "status_poll": _figures([s for s in samples if s[0] == "status"]),
+    }
+
+
+def _client_process(
+    args: tuple[str, list[dict[str, Any]], int, list[str], list[int], float, float],
+) -> list[Sample]:
+    """One process of clients: a thread per client index, each until the deadline."""
+    base_url, records, first_seed, ids, indices, deadline, think_s = args
+    seeds = itertools.count(first_seed)
 
     def client_loop(index: int) -> list[Sample]:
         rng = random.Random(index)
@@ -100,16 +137,8 @@ def _phase(
                 time.sleep(think_s)
         return samples
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=clients) as pool:
-        samples = [s for batch in pool.map(client_loop, range(clients)) for s in batch]
-    elapsed_s = time.perf_counter() - started
-    return {
-        "duration_s": elapsed_s,
-        "requests_per_s": len(samples) / elapsed_s,
-        "submit": _figures([s for s in samples if s[0] == "submit"]),
-        "status_poll": _figures([s for s in samples if s[0] == "status"]),
-    }
+    with ThreadPoolExecutor(max_workers=len(indices)) as threads:
+        return [s for batch in threads.map(client_loop, indices) for s in batch]
 
 
 def _figures(samples: list[Sample]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 ``fits`` runs one fit at a time (its chains use all cores through nutpie's threads);
 ``interactive`` answers predictions and summaries, so they never wait behind a long fit.
+Fit workers run at a lower CPU priority (``HBM_FIT_WORKER_NICE``) than the API and the
+interactive worker.
 The Dockerfile, docker-compose.yml, ``make run`` and the tests all start workers this way.
 """
 
@@ -43,6 +45,9 @@ def main() -> None:
         raise SystemExit(f"usage: python -m worker [fits|interactive|all] (got {role!r})")
     if role != "interactive":
         os.environ.setdefault("HBM_WARM_UP", "true")  # fits compile: warm the compiler
+    if role == "fits":
+        # Batch work below interactive work: an API request waits for no sampler thread.
+        os.nice(get_settings().fit_worker_nice)
     from worker.celery_app import app
 
     app.worker_main(argv(role))

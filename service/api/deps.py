@@ -38,7 +38,7 @@ class Services:
         return cls(settings, store, Artifacts(settings.data_dir), Dispatcher(settings, store))
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """The app's services."""
     services: Services = request.app.state.services
     return services

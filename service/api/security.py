@@ -27,8 +27,11 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def get_caller(request: Request, services: ServicesDep) -> Caller:
-    """The calling key's identity, or 401 when keys are required and this one is not valid."""
+async def get_caller(request: Request, services: ServicesDep) -> Caller:
+    """The calling key's identity, or 401 when keys are required and this one is not valid.
+
+    ``async`` because it does no I/O: FastAPI runs it on the event loop instead of
+    handing it to a thread (a thread hop per dependency adds up under load)."""
     hashes = services.settings.api_key_hashes
     if not hashes:
         return Caller(services, owner="")

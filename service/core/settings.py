@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     sampler_cores: int | None = Field(
         default=None, description="Chains run in parallel threads; default: all cores."
     )
+    fit_worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness added to fit workers: on a host they share with the API and "
+        "the interactive worker, sampling yields the CPU to requests (0: same priority).",
+    )
 
     # Reliability.
     fit_time_limit_s: int = Field(default=3600, description="Default time limit of a fit.")

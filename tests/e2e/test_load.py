@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
-from tests.e2e.conftest import Deployment, deployed
+from tests.e2e.conftest import Deployment, deployed, pool_children
 
 pytestmark = pytest.mark.e2e
 
@@ -69,3 +70,13 @@ def test_concurrent_clients_lose_nothing_and_meet_the_quota(
         assert all(f["attempts"] == 1 for f in finals)  # each sampled exactly once
         listed = client.get("/v1/fits", params={"limit": 100}).json()
         assert sorted(f["id"] for f in listed) == sorted(accepted)
+
+
+def test_fit_workers_sample_at_a_lower_cpu_priority_than_requests_are_answered(
+    loaded: Deployment,
+) -> None:
+    """On a shared host, sampling yields the CPU to the API and the interactive worker."""
+    nice = {name: psutil.Process(p.pid).nice() for name, p in loaded.processes.items()}
+    pools = pool_children(loaded.processes["worker-fits"].pid)
+    assert nice["worker-fits"] == nice["api"] + 10 == nice["worker-interactive"] + 10
+    assert pools and all(pool.nice() == nice["worker-fits"] for pool in pools)
