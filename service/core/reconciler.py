@@ -14,6 +14,7 @@ A fit is re-queued when
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -42,12 +43,18 @@ class Outcome:
     swept: list[str]
 
 
-def broker_messages(broker: Redis, queue: str) -> bytes:
-    """Every message the broker holds for ``queue`` (queued, or delivered and unacked),
-    joined, to search for fit ids in one pass."""
+#: A fit id (``new_fit_id``: 32 hex digits) as it appears in a Celery message's headers.
+FIT_ID_IN_MESSAGE = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+
+
+def ids_in_broker(broker: Redis, queue: str) -> set[str]:
+    """Every fit id the broker holds a message for on ``queue`` (queued, or delivered and
+    unacked), read in one pass: a set, so that checking a thousand queued fits costs a
+    thousand lookups, not a thousand searches through every message."""
     queued = broker.lrange(queue, 0, -1)
     unacked = broker.hvals("unacked")
-    return b"\n".join([*queued, *unacked])  # type: ignore[list-item]
+    messages = b"\n".join([*queued, *unacked])  # type: ignore[list-item]
+    return {match.decode() for match in FIT_ID_IN_MESSAGE.findall(messages)}
 
 
 def reconcile_once(
@@ -62,7 +69,7 @@ def reconcile_once(
     """One pass over the active fits and the fits past retention."""
     now = time.time() if now is None else now
     outcome = Outcome([], [], [])
-    messages: bytes | None = None
+    in_broker: set[str] | None = None
     for fit_id in store.active_ids():
         record = store.get(fit_id)
         if record is None or record.status.is_final:
@@ -77,9 +84,9 @@ def reconcile_once(
             and now - record.created_at.timestamp() > QUEUED_GRACE_S
             and not store.lock_held(fit_id)
         ):
-            if messages is None:
-                messages = broker_messages(store.redis, queue)
-            if fit_id.encode() in messages:
+            if in_broker is None:
+                in_broker = ids_in_broker(store.redis, queue)
+            if fit_id in in_broker:
                 continue
             log.warning("fit %s had no queue message; sending it again", fit_id)
             enqueue(fit_id)

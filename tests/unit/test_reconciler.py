@@ -11,7 +11,7 @@ from redis import Redis
 
 from service.core.artifacts import Artifacts
 from service.core.jobs import JobStore, new_fit_id
-from service.core.reconciler import Outcome, reconcile_once
+from service.core.reconciler import Outcome, ids_in_broker, reconcile_once
 from service.core.schemas import FitSpec, FitStatus, ResolvedSampler
 from tests.conftest import clean_redis, redis_url
 
@@ -81,3 +81,18 @@ def test_final_fits_leave_the_active_set_and_expired_ones_are_swept(
     assert outcome.swept == [fit_id]
     assert not (tmp_path / "fits" / fit_id).exists()
     assert store.list_ids(0, 10) == []
+
+
+def test_fit_ids_are_read_from_the_messages_celery_really_sends(redis: Redis) -> None:
+    """The reconciler reads fit ids out of Celery's own messages (one pass, not a search
+    per fit), and only those: Celery's task and delivery ids are not taken for fits."""
+    from service.api.dispatch import Dispatcher
+    from service.core.settings import Settings
+
+    settings = Settings(redis_url=redis_url(14), fit_queue=QUEUE)
+    fits = [new_fit_id() for _ in range(3)]
+    dispatcher = Dispatcher(settings, JobStore(redis))
+    for fit_id in fits:
+        dispatcher.enqueue_fit(fit_id)
+    assert redis.llen(QUEUE) == 3
+    assert ids_in_broker(redis, QUEUE) == set(fits)

@@ -166,12 +166,12 @@ def mcse_sd(draws: Array) -> Array:
 
 def hdi(draws: Array, prob: float) -> tuple[Array, Array]:
     """Highest density interval: the narrowest interval holding ``prob`` of the draws."""
-    ordered = np.sort(_flat(draws), axis=0)
-    n = ordered.shape[0]
+    ordered = np.sort(np.ascontiguousarray(_flat(draws).T), axis=1)  # a row per column
+    n = ordered.shape[1]
     width = min(int(np.floor(prob * n)), n - 1)
-    start = np.argmin(ordered[width:] - ordered[: n - width], axis=0)
-    columns = np.arange(ordered.shape[1])
-    return ordered[start, columns], ordered[start + width, columns]
+    start = np.argmin(ordered[:, width:] - ordered[:, : n - width], axis=1)
+    rows = np.arange(ordered.shape[0])
+    return ordered[rows, start], ordered[rows, start + width]
 
 
 def eti(draws: Array, prob: float) -> tuple[Array, Array]:
