@@ -50,13 +50,16 @@ def _average_ranks(rows: Array) -> Array:
     order = np.argsort(rows, axis=1)
     ordered = np.take_along_axis(rows, order, axis=1)
     positions = np.broadcast_to(np.arange(rows.shape[1]), rows.shape)
+    ranks = np.empty(rows.shape)
     starts = np.ones(rows.shape, dtype=bool)
     starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    if starts.all():  # no ties (continuous draws): the rank is the sorted position
+        np.put_along_axis(ranks, order, positions + 1.0, axis=1)
+        return ranks
     ends = np.ones(rows.shape, dtype=bool)
     ends[:, :-1] = starts[:, 1:]
     first = np.maximum.accumulate(np.where(starts, positions, 0), axis=1)
     last = np.minimum.accumulate(np.where(ends, positions, rows.shape[1])[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty(rows.shape)
     np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=1)
     return ranks
 
