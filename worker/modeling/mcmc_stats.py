@@ -11,6 +11,9 @@ ArviZ on autocorrelated draws, constant columns and NaNs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial, wraps
+
 import numpy as np
 from numpy.typing import NDArray
 from scipy.fft import irfft, next_fast_len, rfft
@@ -21,13 +24,20 @@ TAIL_PROBS = (0.05, 0.95)
 MIN_DRAWS = 4
 
 
-def _valid(draws: Array, min_chains: int = 1) -> NDArray[np.bool_]:
-    """Columns with enough chains and draws and no NaN (ArviZ answers NaN for the rest)."""
-    chains, n_draws, _ = draws.shape
-    ok = ~np.isnan(draws).any(axis=(0, 1))
-    if chains < min_chains or n_draws < MIN_DRAWS:
-        ok[:] = False
-    return ok
+def _needs_draws(
+    statistic: Callable[[Array], Array], min_chains: int = 1
+) -> Callable[[Array], Array]:
+    """``statistic``, answering NaN for every column where ArviZ would: too few draws or
+    chains, or a NaN among the column's draws."""
+
+    @wraps(statistic)
+    def guarded(draws: Array) -> Array:
+        if draws.shape[1] < MIN_DRAWS or draws.shape[0] < min_chains:
+            return np.full(draws.shape[2], np.nan)
+        has_nan = np.isnan(draws).any(axis=(0, 1))
+        return np.where(has_nan, np.nan, statistic(draws))
+
+    return guarded
 
 
 def _split(draws: Array) -> Array:
@@ -112,59 +122,59 @@ def _rhat(draws: Array) -> Array:
         return np.asarray(np.sqrt((between / within + n_draws - 1) / n_draws))
 
 
-def _masked(values: Array, ok: NDArray[np.bool_]) -> Array:
-    return np.where(ok, values, np.nan)
-
-
 def _flat(draws: Array) -> Array:
     return draws.reshape(-1, draws.shape[2])
 
 
+def mean(draws: Array) -> Array:
+    """Posterior mean of each column."""
+    return np.asarray(_flat(draws).mean(axis=0))
+
+
+def sd(draws: Array) -> Array:
+    """Posterior standard deviation of each column."""
+    return np.asarray(_flat(draws).std(axis=0, ddof=1))
+
+
+@_needs_draws
 def ess_bulk(draws: Array) -> Array:
     """Bulk ESS: ESS of the rank-normalised split chains."""
-    if draws.shape[1] < MIN_DRAWS:
-        return np.full(draws.shape[2], np.nan)
-    return _masked(_ess(_z_scale(_split(draws))), _valid(draws))
+    return _ess(_z_scale(_split(draws)))
 
 
+@_needs_draws
 def ess_tail(draws: Array) -> Array:
     """Tail ESS: the smaller ESS of the indicators of the 5% and 95% quantiles."""
-    if draws.shape[1] < MIN_DRAWS:
-        return np.full(draws.shape[2], np.nan)
     quantiles = np.quantile(_flat(draws), TAIL_PROBS, axis=0)  # (2, k)
     lower = _ess(_split((draws <= quantiles[0]).astype(float)))
     upper = _ess(_split((draws <= quantiles[1]).astype(float)))
-    return _masked(np.minimum(lower, upper), _valid(draws))
+    return np.minimum(lower, upper)
 
 
+@partial(_needs_draws, min_chains=2)
 def rhat(draws: Array) -> Array:
     """Rank-normalised split R-hat: the larger of the bulk and the folded (tail) R-hat."""
-    if draws.shape[1] < MIN_DRAWS or draws.shape[0] < 2:
-        return np.full(draws.shape[2], np.nan)
     split = _split(draws)
     bulk = _rhat(_z_scale(split))
     folded = np.abs(split - np.median(_flat(split), axis=0))
-    return _masked(np.maximum(bulk, _rhat(_z_scale(folded))), _valid(draws, min_chains=2))
+    return np.maximum(bulk, _rhat(_z_scale(folded)))
 
 
+@_needs_draws
 def mcse_mean(draws: Array) -> Array:
     """Monte Carlo standard error of the mean."""
-    if draws.shape[1] < MIN_DRAWS:
-        return np.full(draws.shape[2], np.nan)
-    ess = _ess(_split(draws))
-    return _masked(_flat(draws).std(axis=0, ddof=1) / np.sqrt(ess), _valid(draws))
+    return sd(draws) / np.sqrt(_ess(_split(draws)))
 
 
+@_needs_draws
 def mcse_sd(draws: Array) -> Array:
     """Monte Carlo standard error of the standard deviation."""
-    if draws.shape[1] < MIN_DRAWS:
-        return np.full(draws.shape[2], np.nan)
     squares = (draws - _flat(draws).mean(axis=0)) ** 2
     ess = _ess(_split(squares))
     evar = _flat(squares).mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         varvar = (_flat(squares**2).mean(axis=0) - evar**2) / ess
-        return _masked(np.sqrt(varvar / evar / 4), _valid(draws))
+        return np.asarray(np.sqrt(varvar / evar / 4))
 
 
 def hdi(draws: Array, prob: float) -> tuple[Array, Array]:

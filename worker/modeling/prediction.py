@@ -20,6 +20,7 @@ from bambi.utils import get_aliased_name
 
 from service.core.errors import InvalidRequest
 from service.core.schemas import IntervalKind
+from worker.modeling import mcmc_stats
 from worker.modeling.summaries import SAMPLE_DIMS, interval
 
 OBS = "__obs__"
@@ -72,8 +73,7 @@ def predict(
         values = (values * positions).sum(category)
     draws = values.transpose(*SAMPLE_DIMS, OBS).values
     lower, upper = interval(draws, interval_kind, prob)
-    mean = draws.mean(axis=(0, 1))
-    sd = draws.reshape(-1, n).std(axis=0, ddof=1)
+    mean, sd = mcmc_stats.mean(draws), mcmc_stats.sd(draws)
     rows = [
         {
             "row": i,

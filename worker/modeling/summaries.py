@@ -85,8 +85,8 @@ def _label(coords: Mapping[Any, Any]) -> str | None:
 
 #: Column statistics by name: each maps draws (chain, draw, k) to k values.
 STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "mean": lambda x: x.mean(axis=(0, 1)),
-    "sd": lambda x: x.reshape(-1, x.shape[2]).std(axis=0, ddof=1),
+    "mean": mcmc_stats.mean,
+    "sd": mcmc_stats.sd,
     "mcse_mean": mcmc_stats.mcse_mean,
     "mcse_sd": mcmc_stats.mcse_sd,
     "r_hat": mcmc_stats.rhat,
