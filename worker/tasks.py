@@ -156,7 +156,15 @@ def _run_locked(fit_id: str, record: FitResource, ctx: Context, heartbeat: Heart
         )
         ctx.store.set_progress(fit_id, Progress(phase="summarizing", fraction=1.0))
         summarizing = time.perf_counter()
-        store_results(ctx.artifacts, fit_id, model, result.posterior, result.sample_stats, choice)
+        store_results(
+            ctx.artifacts,
+            fit_id,
+            model,
+            result.posterior,
+            result.sample_stats,
+            choice,
+            result.likelihood,
+        )
         timings.build_s = result.build_s
         timings.compile_s = result.compile_s
         timings.compiled = result.compiled_now

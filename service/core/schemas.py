@@ -316,6 +316,12 @@ class Diagnostics(BaseModel):
     parameterization_reason: str | None = Field(
         default=None, examples=["auto: every group well identified by its data"]
     )
+    likelihood: str | None = Field(
+        default=None,
+        description="How the sampler evaluated the likelihood: sufficient_statistics (gaussian "
+        "models: sums per group level, the same posterior at a cost independent of the rows) "
+        "or row_wise.",
+    )
 
 
 # -------------------------------------------------------------------------- predictions

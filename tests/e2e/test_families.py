@@ -73,3 +73,7 @@ def test_family_fits_and_predicts(client: httpx.Client, family: str) -> None:
 
     priors = client.get(f"{location}/priors").json()["priors"]
     assert {p["term"] for p in priors} >= {"x", "1|g"}
+
+    # Only a gaussian likelihood reduces to sums per group; the others read every row.
+    likelihood = client.get(f"{location}/diagnostics").json()["likelihood"]
+    assert likelihood == ("sufficient_statistics" if family == "gaussian" else "row_wise")

@@ -7,7 +7,7 @@ import pandas as pd
 from scipy import sparse
 
 from service.core.schemas import FitSpec, ResolvedSampler
-from worker.modeling.building import build_model
+from worker.modeling.building import as_sparse, build_model
 from worker.modeling.prediction import predict
 from worker.modeling.sampling import sample
 
@@ -43,3 +43,16 @@ def test_grouping_factors_are_held_sparse_and_the_model_fits_and_predicts() -> N
     assert [r["groups"]["g"] for r in rows] == ["seen", "seen", "new"]
     assert all(np.isfinite([r["mean"], r["lower"], r["upper"]]).all() for r in rows)
     assert rows[2]["upper"] - rows[2]["lower"] > rows[0]["upper"] - rows[0]["lower"]
+
+
+def test_dense_matrices_become_the_same_sparse_matrices() -> None:
+    rng = np.random.default_rng(0)
+    indicators = np.eye(5)[rng.integers(0, 5, 40)] * rng.normal(size=(40, 1))
+    indicators[3] = 0.0  # a row with no entry
+    several = indicators.copy()
+    several[7, :2] = [1.5, -2.0]  # a row with two entries: scipy's general path
+    for dense in (indicators, several):
+        converted = as_sparse(dense)
+        assert isinstance(converted, sparse.csr_matrix)
+        assert converted.nnz == np.count_nonzero(dense)
+        np.testing.assert_array_equal(converted.toarray(), dense)

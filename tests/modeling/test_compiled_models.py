@@ -69,7 +69,10 @@ def test_the_structure_key_ignores_numbers_and_sees_shapes() -> None:
         "prior parameters are inputs"
     )
     assert key(study(1, groups=13)) != base, "one more group is one more parameter"
-    assert key(study(1, per_group=20)) != base, "shapes are compiled in"
+    assert key(study(1, per_group=20)) == base, "a gaussian likelihood reads only sums"
+    assert key(study(1, per_group=20), family="t") != key(study(1), family="t"), (
+        "a row-wise likelihood has its row count compiled in"
+    )
     assert key(study(1), priors={"x": bmb.Prior("StudentT", nu=4, mu=0, sigma=3)}) != base
     assert key(study(1), formula="y ~ x + (x | g)") != base
     assert key(study(1), family="t") != base

@@ -94,4 +94,16 @@ def release_group_indicators(model: bmb.Model) -> None:
                 for attribute in ("data", "value"):
                     value = getattr(part, attribute, None)
                     if isinstance(value, np.ndarray) and value.ndim == 2:
-                        setattr(part, attribute, sparse.csr_matrix(value))
+                        setattr(part, attribute, as_sparse(value))
+
+
+def as_sparse(dense: np.ndarray) -> sparse.csr_matrix:
+    """``dense`` as a CSR matrix; indicator-like matrices (at most one entry per row) are
+    read with an argmax per row, several times faster than scipy's general scan."""
+    present = dense != 0
+    per_row = present.sum(axis=1)
+    if per_row.max(initial=0) > 1:
+        return sparse.csr_matrix(dense)
+    rows = np.flatnonzero(per_row)
+    columns = present.argmax(axis=1)[rows]
+    return sparse.csr_matrix((dense[rows, columns], (rows, columns)), shape=dense.shape)

@@ -10,9 +10,10 @@ constants by shared variables, named ``hbm_data_0``, ``hbm_data_1``, … in a fi
 order. What is left is the model's structure: the distributions, link, parameterization and
 every integer that fixes a shape (the number of rows, of groups and of coefficients). Its
 printed graph, with the dtypes and shapes of the inputs, is hashed into a structure key.
-(The number of rows stays in the key: Bambi's graph carries static shapes downstream of
-the data, and freeing them would need the whole graph rebuilt; a refit on the same number
-of rows, new values, new seed or new prior parameters reuses the compiled model.)
+Gaussian models first have their likelihood collapsed to sufficient statistics (see
+``sufficient_statistics``), whose shapes do not depend on the number of rows: a refit with
+new values, rows, seed or prior parameters reuses the compiled model. Other models keep
+the number of rows in the key (Bambi's graph carries static shapes downstream of the data).
 
 ``CompiledModels`` keeps compiled nutpie models by structure key. A fit whose structure
 is known swaps its own inputs in with nutpie's ``with_data`` and samples straight away;
@@ -42,6 +43,7 @@ from pytensor.tensor.variable import TensorConstant
 
 from worker.modeling.parameterization import centre_on_intercept
 from worker.modeling.shared_inputs import straight_line_readers
+from worker.modeling.sufficient_statistics import collapse
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class LiftedModel:
     model: pm.Model
     key: str
     inputs: dict[str, np.ndarray]
+    likelihood: str = "row_wise"  # or "sufficient_statistics"
 
 
 @dataclass
@@ -80,6 +83,10 @@ def lift(model: bmb.Model, centre_on: str | None = None) -> LiftedModel:
     graph, _ = fgraph_from_model(model.backend.model, inlined_views=True)
     if centre_on is not None and model.noncentered is False:
         centre_on_intercept(graph, centre_on)
+    not_collapsed = collapse(graph, model)
+    if not_collapsed is not None:
+        log.info("row-wise likelihood: %s", not_collapsed)
+    likelihood = "row_wise" if not_collapsed else "sufficient_statistics"
     found: dict[TensorConstant[Any], None] = {}  # insertion-ordered: graph order fixes the names
     for node in graph.toposort():
         for var in node.inputs:
@@ -99,7 +106,7 @@ def lift(model: bmb.Model, centre_on: str | None = None) -> LiftedModel:
     printed = io.StringIO()
     debugprint(graph, file=printed, print_type=True)
     key = hashlib.sha256(f"{printed.getvalue()}\n{signature!r}".encode()).hexdigest()
-    return LiftedModel(model_from_fgraph(graph, mutate_fgraph=True), key, inputs)
+    return LiftedModel(model_from_fgraph(graph, mutate_fgraph=True), key, inputs, likelihood)
 
 
 class CompiledModels:

@@ -35,6 +35,7 @@ class SampleResult:
     compile_s: float
     sampling_s: float
     compiled_now: bool = True
+    likelihood: str = "row_wise"
 
 
 def stored_variables(model: bmb.Model) -> list[str]:
@@ -77,9 +78,8 @@ def sample(
     built = time.perf_counter()
     try:
         compiled_models = compiled_models or CompiledModels(size=1)
-        compiled, compiled_now = compiled_models.get(
-            lift(model, centre_on), stored_variables(model)
-        )
+        lifted = lift(model, centre_on)
+        compiled, compiled_now = compiled_models.get(lifted, stored_variables(model))
     except Exception as exc:
         raise FitFailed("compile_error", "the model could not be compiled") from exc
     compiled_at = time.perf_counter()
@@ -133,6 +133,7 @@ def sample(
         compile_s=compiled_at - built,
         sampling_s=finished - compiled_at,
         compiled_now=compiled_now,
+        likelihood=lifted.likelihood,
     )
 
 

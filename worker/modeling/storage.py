@@ -61,6 +61,7 @@ def store_results(
     posterior: xr.Dataset,
     sample_stats: xr.Dataset,
     choice: Choice | None = None,
+    likelihood: str | None = None,
 ) -> None:
     """The posterior, then the summary, group effects, diagnostics and priors as JSON."""
     save_posterior(artifacts, fit_id, posterior, sample_stats)
@@ -69,7 +70,8 @@ def store_results(
         "summary.json": summarize(model, posterior, fit_id, kind, prob),
         "groups.json": group_effects(model, posterior, fit_id, kind, prob),
         "diagnostics.json": diagnose(model, posterior, sample_stats, fit_id)
-        | (choice.diagnostics() if choice else {}),
+        | (choice.diagnostics() if choice else {})
+        | ({"likelihood": likelihood} if likelihood else {}),
         "priors.json": {"fit_id": fit_id, "priors": priors_used(model)},
     }
     for name, body in results.items():

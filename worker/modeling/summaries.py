@@ -105,9 +105,10 @@ def _columns(ds: xr.Dataset) -> tuple[np.ndarray, list[tuple[str, str | None]]]:
     for name in ds.data_vars:
         variable = ds[name].transpose(*SAMPLE_DIMS, ...)
         other_dims = variable.dims[2:]
+        labels = {d: ds[d].values for d in other_dims}  # read once: each read converts
         blocks.append(variable.values.reshape(*variable.shape[:2], -1).astype(float))
         for position in np.ndindex(*variable.shape[2:]):
-            coords = {d: ds[d].values[i] for d, i in zip(other_dims, position, strict=True)}
+            coords = {d: labels[d][i] for d, i in zip(other_dims, position, strict=True)}
             names.append((str(name), _label(coords)))
     return np.concatenate(blocks, axis=2), names
 
