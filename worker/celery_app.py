@@ -45,6 +45,9 @@ app.conf.update(
 def _warm_up(**_: Any) -> None:
     """Fit workers compile a tiny model before forking their pool (see worker.warmup)."""
     if settings.warm_up:
+        import gc
+
         from worker.warmup import warm_up
 
         warm_up()
+        gc.freeze()  # pool processes inherit these objects; their collections skip them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -49,3 +50,4 @@ class FittedModelCache:
         self._items.move_to_end(fit_id)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
+            gc.unfreeze()  # the dropped model may sit in a frozen cycle (see tasks.run_fit)

@@ -23,6 +23,7 @@ of constants). Tests compare it with Bambi's own ``Model.fit``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import logging
@@ -131,6 +132,7 @@ class CompiledModels:
             self._items[lifted.key] = CompiledEntry(compiled, shared)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
+                gc.unfreeze()  # the dropped model may sit in a frozen cycle (see tasks.run_fit)
             return compiled, True
         self._items.move_to_end(lifted.key)
         for name, var in entry.shared.items():
