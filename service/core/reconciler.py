@@ -70,19 +70,19 @@ def reconcile_once(
     now = time.time() if now is None else now
     outcome = Outcome([], [], [])
     in_broker: set[str] | None = None
-    for fit_id in store.active_ids():
-        record = store.get(fit_id)
-        if record is None or record.status.is_final:
+    for state in store.active_states():
+        fit_id = state.fit_id
+        if state.status is None or state.status.is_final:
             store.forget_active(fit_id)
-        elif record.status is FitStatus.RUNNING and not store.lock_held(fit_id):
+        elif state.status is FitStatus.RUNNING and not state.lock_held:
             if store.requeue(fit_id):
                 log.warning("fit %s lost its worker; re-queueing it", fit_id)
                 enqueue(fit_id)
                 outcome.requeued.append(fit_id)
         elif (
-            record.status is FitStatus.QUEUED
-            and now - record.created_at.timestamp() > QUEUED_GRACE_S
-            and not store.lock_held(fit_id)
+            state.status is FitStatus.QUEUED
+            and now - state.created_at > QUEUED_GRACE_S
+            and not state.lock_held
         ):
             if in_broker is None:
                 in_broker = ids_in_broker(store.redis, queue)

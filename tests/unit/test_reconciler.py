@@ -96,3 +96,19 @@ def test_fit_ids_are_read_from_the_messages_celery_really_sends(redis: Redis) ->
         dispatcher.enqueue_fit(fit_id)
     assert redis.llen(QUEUE) == 3
     assert ids_in_broker(redis, QUEUE) == set(fits)
+
+
+def test_active_states_read_every_active_fit_in_one_pass(redis: Redis) -> None:
+    store = JobStore(redis)
+    queued, running, gone = new_fit_id(), new_fit_id(), new_fit_id()
+    before = time.time()
+    for fit_id in (queued, running, gone):
+        store.create(fit_id, spec())
+    store.start_attempt(running)
+    store.acquire_lock(running, "token", ttl_s=30)
+    redis.delete(f"{store.prefix}:fit:{gone}")  # the record expired, the id is still active
+    states = {s.fit_id: s for s in store.active_states()}
+    assert (states[queued].status, states[queued].lock_held) == (FitStatus.QUEUED, False)
+    assert (states[running].status, states[running].lock_held) == (FitStatus.RUNNING, True)
+    assert states[gone].status is None
+    assert before - 1 <= states[queued].created_at <= time.time() + 1
