@@ -7,7 +7,10 @@ submitting a tiny fit (``bench.load.tiny_fit_body``) with probability :data:`SUB
 and otherwise polling ``GET /v1/fits/{id}`` of a random existing fit. Two phases:
 ``paced``, where each client waits :data:`THINK_S` between requests (a client polling its
 fits twice a second: about 100 requests a second in all), and ``saturated``, with no wait
-at all (the API's throughput; latency there is mostly queueing). The deployment runs
+at all (the API's throughput; latency there is mostly queueing). In the paced phase each
+client starts at a random moment within its first wait, as independent clients do: started
+on the same instant, 50 clients would keep arriving as one burst every half second, and the
+tail would measure that burst's queue (an earlier version did: p99 150-230 ms). The deployment runs
 with the per-key quotas raised (:data:`QUOTAS`), so the figures measure the API, not the
 quota; the fits worker drains the submitted fits meanwhile, on the same cores. The API
 runs as compose runs it, with :data:`API_WORKERS` processes.
@@ -130,7 +133,7 @@ def _client_process(
         rng = random.Random(index)
         samples: list[Sample] = []
         with httpx.Client(base_url=base_url, timeout=60) as http:
-            time.sleep(max(0.0, start_at - time.monotonic()))
+            time.sleep(max(0.0, start_at - time.monotonic()) + rng.uniform(0.0, think_s))
             while time.monotonic() < deadline:
                 submit = rng.random() < SUBMIT_SHARE
                 started = time.perf_counter()

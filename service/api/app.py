@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -34,6 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         reconciler = Reconciler(step, services.store.redis, settings.reconcile_interval_s)
         reconciler.start()
+        # Everything alive at start-up (modules, routes, schemas) lives as long as the
+        # process: frozen, full collections skip it. A full collection walked it in 60-70
+        # ms, a stall for every request in flight.
+        gc.freeze()
         yield
         reconciler.stop()
 
