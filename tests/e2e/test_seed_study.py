@@ -240,6 +240,24 @@ def test_a_refit_of_the_same_structure_reuses_the_compiled_model(
     assert 2.7 < sigma["mean"] < 3.2
 
 
+def test_a_refit_on_fewer_students_reuses_the_compiled_model(
+    client: httpx.Client, seed_fit: dict[str, Any], seed_records: list[dict[str, Any]]
+) -> None:
+    """A gaussian model reads sums per school, not rows: 20 schools are its shape, however
+    many students they hold."""
+    fewer = seed_records[::2]  # every other student: still all 20 schools
+    assert len({r["school"] for r in fewer}) == 20
+    refit = client.post(
+        "/v1/fits",
+        json={"data": fewer, "formula": "score ~ (1 | school)", "sampler": {**QUICK, "seed": 5}},
+    )
+    assert refit.status_code == 202
+    fit = wait_for_fit(client, refit.headers["location"])
+    assert fit["status"] == "succeeded", fit
+    assert fit["n_obs"] == len(fewer)
+    assert fit["timings"]["compiled"] is False
+
+
 def test_listing_shows_fits_newest_first(client: httpx.Client, seed_fit: dict[str, Any]) -> None:
     listed = client.get("/v1/fits", params={"limit": 100}).json()
     assert seed_fit["id"] in [f["id"] for f in listed]
