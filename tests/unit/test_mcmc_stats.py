@@ -81,3 +81,13 @@ def test_tied_draws_share_their_average_rank_as_in_scipy() -> None:
     np.testing.assert_array_equal(
         mcmc_stats._average_ranks(rows), stats.rankdata(rows, method="average", axis=1)
     )
+
+
+@pytest.mark.parametrize("chains, draws", [(4, 300), (1, 200), (2, 3)])
+def test_r_hat_and_bulk_ess_from_one_ranking_are_the_same_numbers(chains: int, draws: int) -> None:
+    x = autocorrelated(chains, draws, 5, seed=2)
+    x[:, :, 1] = 2.5
+    x[0, 1, 3] = np.nan
+    together = mcmc_stats.rhat_and_ess_bulk(x)
+    np.testing.assert_array_equal(together[0], mcmc_stats.rhat(x))
+    np.testing.assert_array_equal(together[1], mcmc_stats.ess_bulk(x))

@@ -24,18 +24,23 @@ TAIL_PROBS = (0.05, 0.95)
 MIN_DRAWS = 4
 
 
+def _guarded(draws: Array, compute: Callable[[], Array], min_chains: int = 1) -> Array:
+    """``compute()``, with NaN for every column where ArviZ answers NaN: too few draws or
+    chains, or a NaN among the column's draws."""
+    if draws.shape[1] < MIN_DRAWS or draws.shape[0] < min_chains:
+        return np.full(draws.shape[2], np.nan)
+    has_nan = np.isnan(draws).any(axis=(0, 1))
+    return np.where(has_nan, np.nan, compute())
+
+
 def _needs_draws(
     statistic: Callable[[Array], Array], min_chains: int = 1
 ) -> Callable[[Array], Array]:
-    """``statistic``, answering NaN for every column where ArviZ would: too few draws or
-    chains, or a NaN among the column's draws."""
+    """``statistic``, answering NaN where ArviZ would (see ``_guarded``)."""
 
     @wraps(statistic)
     def guarded(draws: Array) -> Array:
-        if draws.shape[1] < MIN_DRAWS or draws.shape[0] < min_chains:
-            return np.full(draws.shape[2], np.nan)
-        has_nan = np.isnan(draws).any(axis=(0, 1))
-        return np.where(has_nan, np.nan, statistic(draws))
+        return _guarded(draws, lambda: statistic(draws), min_chains)
 
     return guarded
 
@@ -155,9 +160,24 @@ def ess_tail(draws: Array) -> Array:
 def rhat(draws: Array) -> Array:
     """Rank-normalised split R-hat: the larger of the bulk and the folded (tail) R-hat."""
     split = _split(draws)
-    bulk = _rhat(_z_scale(split))
+    return _rank_rhat(split, _z_scale(split))
+
+
+def _rank_rhat(split: Array, z_split: Array) -> Array:
+    """R-hat from the split chains and their rank-normalised values."""
     folded = np.abs(split - np.median(_flat(split), axis=0))
-    return np.maximum(bulk, _rhat(_z_scale(folded)))
+    return np.maximum(_rhat(z_split), _rhat(_z_scale(folded)))
+
+
+def rhat_and_ess_bulk(draws: Array) -> tuple[Array, Array]:
+    """``rhat(draws)`` and ``ess_bulk(draws)`` from one ranking of the split chains (each
+    alone ranks them; ranking is most of their cost)."""
+    split = _split(draws)
+    z_split = _z_scale(split)
+    return (
+        _guarded(draws, lambda: _rank_rhat(split, z_split), min_chains=2),
+        _guarded(draws, lambda: _ess(z_split)),
+    )
 
 
 @_needs_draws

@@ -119,7 +119,12 @@ def _rows(
     """One row per scalar element of every variable in ``ds``: the named statistics and,
     with an interval ``kind``, ``lower`` and ``upper``."""
     draws, names = _columns(ds)
-    columns = {stat: STATISTICS[stat](draws) for stat in statistics}
+    shared: dict[str, np.ndarray] = {}
+    if {"r_hat", "ess_bulk"} <= set(statistics):  # one ranking of the draws for both
+        shared["r_hat"], shared["ess_bulk"] = mcmc_stats.rhat_and_ess_bulk(draws)
+    columns = {
+        stat: shared[stat] if stat in shared else STATISTICS[stat](draws) for stat in statistics
+    }
     if kind is not None:
         columns["lower"], columns["upper"] = interval(draws, kind, prob)
     rows: list[dict[str, Any]] = []
