@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from formulae.categorical import Treatment
 from scipy import sparse
 
 from service.core.schemas import FitSpec, ResolvedSampler
@@ -11,6 +12,7 @@ from worker.modeling.building import as_sparse, build_model
 from worker.modeling.prediction import predict
 from worker.modeling.sampling import sample
 
+ORIGINAL_ENCODING = Treatment.code_with_intercept
 SAMPLER = ResolvedSampler(draws=100, tune=100, chains=2, seed=5, target_accept=0.8, method="nutpie")
 
 
@@ -35,6 +37,8 @@ def test_grouping_factors_are_held_sparse_and_the_model_fits_and_predicts() -> N
         indicators = term.term.factor.data
         assert sparse.issparse(indicators) and indicators.shape == (3000, 300)
         assert indicators.nnz == 3000  # one level per row, not rows x levels floats
+        assert indicators.dtype == np.int8  # built with one byte per entry
+    assert Treatment.code_with_intercept is ORIGINAL_ENCODING, "formulae is left as it was"
     result = sample(model, SAMPLER, lambda _: None)
     new = pd.DataFrame({"x": [0.0, 1.0, 0.0], "g": ["g0", "g1", "a new group"]})
     rows = predict(
