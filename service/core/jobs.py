@@ -144,6 +144,11 @@ class JobStore:
     def _active(self) -> str:
         return f"{self.prefix}:active"
 
+    @property
+    def _all(self) -> str:
+        """Every fit id, scored by its creation time."""
+        return f"{self.prefix}:fits"
+
     def reply_key(self, token: str) -> str:
         """The list a worker pushes a synchronous answer to."""
         return f"{self.prefix}:reply:{token}"
@@ -173,7 +178,7 @@ class JobStore:
         self._create(
             keys=[
                 self._key(fit_id),
-                f"{self.prefix}:fits",
+                self._all,
                 self._active,
                 self._owned(owner),
                 self._active_of(owner),
@@ -237,7 +242,7 @@ class JobStore:
 
     def list_ids(self, offset: int, limit: int, owner: str | None = None) -> list[str]:
         """Fit ids, newest first; only ``owner``'s when given."""
-        key = f"{self.prefix}:fits" if owner is None else self._owned(owner)
+        key = self._all if owner is None else self._owned(owner)
         ids = self.redis.zrevrange(key, offset, offset + limit - 1)
         return [i.decode() for i in ids]  # type: ignore[union-attr]
 
@@ -263,7 +268,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=False)
         for fit_id in ids:
             pipe.hget(self._key(fit_id), "status")
-            pipe.zscore(f"{self.prefix}:fits", fit_id)
+            pipe.zscore(self._all, fit_id)
             pipe.exists(self._lock(fit_id))
         answers = pipe.execute()
         states = []
@@ -353,7 +358,7 @@ class JobStore:
 
     def created_before(self, timestamp: float) -> list[str]:
         """Ids of fits created before ``timestamp`` (seconds since the epoch)."""
-        ids = self.redis.zrangebyscore(f"{self.prefix}:fits", 0, timestamp)
+        ids = self.redis.zrangebyscore(self._all, 0, timestamp)
         return [i.decode() for i in ids]  # type: ignore[union-attr]
 
     def forget_active(self, fit_id: str) -> None:
@@ -369,7 +374,7 @@ class JobStore:
         pipe.zrem(self._owned(owner), fit_id)
         pipe.srem(self._active_of(owner), fit_id)
         pipe.delete(self._key(fit_id))
-        pipe.zrem(f"{self.prefix}:fits", fit_id)
+        pipe.zrem(self._all, fit_id)
         pipe.srem(self._active, fit_id)
         pipe.execute()
 
