@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create the virtual environment
 
-run: $(STAMP)  ## API + workers; on REDIS_URL, or on an embedded Redis when unset
+run: $(STAMP)  ## API (on 127.0.0.1 unless HOST is set) + workers, restarted if they crash; embedded Redis unless REDIS_URL
 	$(BIN)/python -m service.launcher
 
 api: $(STAMP)  ## the API alone (needs REDIS_URL)
