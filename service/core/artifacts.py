@@ -1,23 +1,60 @@
-"""Files of a fit under the data directory, written atomically (temporary file, then rename).
+"""Files of a fit under the data directory, written atomically and durably.
 
 {data_dir}/fits/{id}/spec.json          the validated request the worker runs
 {data_dir}/fits/{id}/posterior.nc       posterior draws and sampler statistics (netCDF)
 {data_dir}/fits/{id}/summary.json       results at the default interval, ready to serve
 {data_dir}/fits/{id}/groups.json
 {data_dir}/fits/{id}/diagnostics.json
+{data_dir}/fits/{id}/priors.json
+{data_dir}/fits/{id}/results.json       written last: the manifest saying the results are
+                                        complete (a re-run of a fit finds them and finishes)
+
+Every file is written to a temporary name, flushed to disk (fsync), renamed into place, and
+the folder is flushed too: after a crash a reader finds the old file or the whole new one.
+Failures to write or remove become ``StorageError`` (``full`` when the disk is full); a file
+that exists but cannot be read back (truncated, damaged) becomes ``DamagedResults``, a
+permanent error for that fit, never a retry loop.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from service.core.errors import DamagedResults, StorageError
+from service.core.jobs import is_fit_id
 from service.core.schemas import FitSpec
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.json"
+MANIFEST_FILE = "results.json"
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def storage_error(exc: OSError, what: str) -> StorageError:
+    """A StorageError in the service's words for an OSError while doing ``what``."""
+    full = exc.errno in _FULL
+    reason = "the disk is full" if full else "the storage failed"
+    return StorageError(f"{what}: {reason}", full=full)
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 class Artifacts:
@@ -36,40 +73,160 @@ class Artifacts:
 
     @contextmanager
     def atomic_path(self, fit_id: str, name: str) -> Iterator[Path]:
-        """A temporary path to write; on success it is renamed to the file ``name``.
+        """A temporary path to write; on success it is flushed and renamed to ``name``.
 
         Readers see the old file or the new one, never a partial one.
         """
         folder = self.fit_dir(fit_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            os.close(fd)
+        except OSError as exc:
+            raise storage_error(exc, f"the fit's file {name} could not be written") from exc
         try:
             yield Path(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
             os.replace(tmp, folder / name)
+            _fsync_folder(folder)
+        except OSError as exc:
+            raise storage_error(exc, f"the fit's file {name} could not be written") from exc
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def write_bytes(self, fit_id: str, name: str, payload: bytes) -> Path:
+    def write_bytes(self, fit_id: str, name: str, payload: bytes | memoryview) -> Path:
         """Write a file atomically."""
         with self.atomic_path(fit_id, name) as tmp, tmp.open("wb") as handle:
             handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
         return self.path(fit_id, name)
 
     def write_json(self, fit_id: str, name: str, value: Any) -> Path:
         """Write JSON atomically."""
         return self.write_bytes(fit_id, name, json.dumps(value).encode())
 
+    def read_bytes(self, fit_id: str, name: str) -> bytes:
+        """A file of a fit (FileNotFoundError if absent; StorageError if unreadable)."""
+        try:
+            return self.path(fit_id, name).read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise storage_error(exc, f"the fit's file {name} could not be read") from exc
+
     def read_json(self, fit_id: str, name: str) -> Any:
-        """Read a JSON file of a fit (FileNotFoundError if absent)."""
-        return json.loads(self.path(fit_id, name).read_text())
+        """Read a JSON file of a fit (FileNotFoundError if absent, DamagedResults if it
+        does not parse)."""
+        try:
+            return json.loads(self.read_bytes(fit_id, name))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise self.damaged(fit_id, name) from exc
+
+    def damaged(self, fit_id: str, name: str) -> DamagedResults:
+        """The error for a stored file that cannot be read back (and log it)."""
+        log.error("fit %s: the stored file %s is damaged", fit_id, name)
+        return DamagedResults(
+            f"the fit's stored {name.split('.')[0]} is damaged and cannot be read; "
+            "fit the model again"
+        )
 
     def write_spec(self, fit_id: str, spec: FitSpec) -> None:
         """Store the validated request."""
-        self.write_bytes(fit_id, "spec.json", spec.model_dump_json().encode())
+        self.write_bytes(fit_id, SPEC_FILE, spec.model_dump_json().encode())
+
+    @contextmanager
+    def staged_spec(self, fit_id: str, spec: FitSpec) -> Iterator[StagedFile]:
+        """Write the request under a temporary name; ``publish()`` renames it into place.
+        Unpublished, it is removed when the block ends."""
+        folder = self.fit_dir(fit_id)
+        tmp = ""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".spec.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(spec.model_dump_json().encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            if tmp:
+                Path(tmp).unlink(missing_ok=True)
+            self._remove_if_empty(folder)
+            raise storage_error(exc, "the request could not be stored") from exc
+        staged = StagedFile(Path(tmp), folder / SPEC_FILE)
+        try:
+            yield staged
+        finally:
+            staged.temporary.unlink(missing_ok=True)
+            if not staged.published:
+                self._remove_if_empty(folder)
 
     def read_spec(self, fit_id: str) -> FitSpec:
         """Load the validated request."""
-        return FitSpec.model_validate_json(self.path(fit_id, "spec.json").read_bytes())
+        try:
+            return FitSpec.model_validate_json(self.read_bytes(fit_id, SPEC_FILE))
+        except ValidationError as exc:
+            raise self.damaged(fit_id, SPEC_FILE) from exc
+
+    def delete(self, fit_id: str) -> None:
+        """Remove every file of a fit (a folder, or whatever stands in its place); a fit
+        without files is fine. StorageError if something stays."""
+        target = self.fit_dir(fit_id)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, "the fit's files could not be removed") from exc
+
+    def discard_results(self, fit_id: str) -> None:
+        """Remove a fit's results (not its request): a cancelled or failed fit keeps none."""
+        folder = self.fit_dir(fit_id)
+        if not folder.is_dir():
+            return
+        for entry in folder.iterdir():
+            if entry.name != SPEC_FILE:
+                try:
+                    entry.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise storage_error(exc, "the fit's results could not be removed") from exc
+
+    def fit_folders(self) -> Iterator[tuple[str, float]]:
+        """Every fit folder (or stray entry with a fit id's name) and when it last changed."""
+        try:
+            entries = list(os.scandir(self.root / "fits"))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if is_fit_id(entry.name):
+                try:
+                    yield entry.name, entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+
+    @staticmethod
+    def _remove_if_empty(folder: Path) -> None:
+        with suppress(OSError):
+            folder.rmdir()
+
+
+class StagedFile:
+    """A file written under a temporary name, waiting to be renamed into place."""
+
+    def __init__(self, temporary: Path, final: Path) -> None:
+        self.temporary = temporary
+        self.final = final
+        self.published = False
+
+    def publish(self) -> None:
+        """Rename the file into place (durably)."""
+        try:
+            os.replace(self.temporary, self.final)
+            _fsync_folder(self.final.parent)
+        except OSError as exc:
+            raise storage_error(exc, "the request could not be stored") from exc
+        self.published = True

@@ -2,18 +2,25 @@
 
 The whole tree::
 
-    ServiceError                 base: an HTTP status, a short title, a detail for humans
-    ├── InvalidRequest     422   the request says something the service refuses; carries
-    │                            ``errors``: one ``{"field": ..., "message": ...}`` per problem
-    ├── Unauthorized       401   no API key, or one the service does not know
-    ├── NotFound           404   no such fit (or factor, or level), or another key's fit
-    ├── NotReady           409   results asked for before the fit has succeeded
-    ├── PayloadTooLarge    413   the request body is over the limit (checked before parsing)
-    ├── TooManyRequests    429   over the key's submission quota; retry after ``retry_after``
-    └── Unavailable        503   Redis or the workers did not answer in time; retry later
+    ServiceError                   base: an HTTP status, a short title, a detail for humans
+    ├── InvalidRequest       422   the request says something the service refuses; carries
+    │                              ``errors``: one ``{"field": ..., "message": ...}`` per problem
+    ├── Unauthorized         401   no API key, or one the service does not know
+    ├── NotFound             404   no such fit (or factor, or level), or another key's fit
+    ├── RequestTimeout       408   the request's headers or body arrived too slowly
+    ├── NotReady             409   results asked for before the fit has succeeded
+    ├── PayloadTooLarge      413   the request body is over the limit (checked before parsing)
+    ├── DamagedResults       500   a stored file of the fit cannot be read: permanent, logged
+    └── RetryLater                 the client may retry after ``retry_after`` seconds
+        ├── TooManyRequests  429   over one of the key's quotas
+        ├── Unavailable      503   Redis, the storage or the workers did not answer in time
+        └── InsufficientStorage 507  the data folder is full
 
-    FitFailed                    raised inside the worker; stored on the job record as data
-                                 (``reason`` + ``message``), never sent as an exception's text
+    StorageError                   a fit's files could not be written or removed (raised by
+                                   ``Artifacts``; the API answers 507 or 503, a fit fails with
+                                   reason ``storage_error``)
+    FitFailed                      raised inside the worker; stored on the job record as data
+                                   (``reason`` + ``message``), never sent as an exception's text
 
 Messages are always the service's own words. Exception text from libraries never reaches a
 client: it would leak internals and, for formulas, values from the evaluation environment.
@@ -80,6 +87,21 @@ class NotReady(ServiceError):
     title = "Fit not ready"
 
 
+class RequestTimeout(ServiceError):
+    """The client sent its request too slowly."""
+
+    status = 408
+    title = "Request timeout"
+
+
+class DamagedResults(ServiceError):
+    """A stored file of a fit is damaged (truncated, not what was written): a permanent
+    error for that fit, unlike an outage."""
+
+    status = 500
+    title = "Stored results damaged"
+
+
 class PayloadTooLarge(ServiceError):
     """The request body is larger than the service accepts."""
 
@@ -107,6 +129,22 @@ class Unavailable(RetryLater):
 
     status = 503
     title = "Service unavailable"
+
+
+class InsufficientStorage(RetryLater):
+    """The data folder is full."""
+
+    status = 507
+    title = "Insufficient storage"
+
+
+class StorageError(Exception):
+    """A fit's files could not be written or removed; ``full`` when the disk is full."""
+
+    def __init__(self, detail: str, *, full: bool = False) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.full = full
 
 
 @dataclass

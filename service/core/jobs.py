@@ -1,23 +1,36 @@
-"""The one place where job state lives: a Redis hash per fit.
+"""The one place where job state lives: a Redis hash per fit, and every other key the
+service keeps in Redis.
 
 Keys (all under ``{prefix}:``)::
 
-    fit:{id}        hash: meta (immutable request facts), status, attempts, progress,
-                    timings, versions, error, started_at, finished_at, cancel
-                    (JSON-encoded fields); expires ``retention`` after the fit is final
+    fit:{id}        hash: meta (immutable request facts), owner, dedup (the dedup keys that
+                    point at this fit), status, attempts, progress, timings, versions, error,
+                    started_at, finished_at, cancel (JSON-encoded fields); expires
+                    ``retention`` after the fit is final
     fits            sorted set of ids by creation time, for listing and sweeping
     owned:{owner}   the same, per API key (``owner`` is a digest of the key)
     active:{owner}  that key's queued or running fits, for its concurrency limit
-    rate:{owner}:{minute}  submissions counted for the per-key quota
+    rate:{owner}:{what}:{window}  calls counted for a per-key quota
     active          set of ids that are queued or running, for the reconciler
     lock:{id}       held by the one worker process running the fit, refreshed by its
                     heartbeat; a running fit whose lock expired has lost its worker
-    dedup:{key}     fit id for an idempotency key or a seeded request's content hash
+    suspect:{id}    when the reconciler first saw a running fit without its lock: it is
+                    re-queued only if the lock stays missing for a grace period (a Redis
+                    outage expires locks that live runs take back within a second)
+    dedup:{key}     "{fit id}:{request digest}" for an Idempotency-Key or a seeded request's
+                    content hash; dropped when the fit is deleted, cancelled or failed by an
+                    infrastructure fault, so that the same request then makes a new fit
+    gone:{id}       a deleted fit's tombstone: its id is never used again
     reply:{token}   short-lived list where a worker pushes the answer to a synchronous call
+    call:{token}    which worker process took a synchronous call (so the API can tell a
+                    call whose worker died from a slow one)
+    workers:{queue} sorted set of live worker processes consuming a queue, scored by when
+                    their presence expires
+    reconciler      held by the API process whose reconciler acts in this interval
 
 Celery's result backend is not used: it reports unknown ids as PENDING and forgets results.
-Status changes that race (cancel against start, finish against cancel) are Lua scripts, so
-each is one atomic step in Redis.
+Status changes that race (cancel against start, finish against cancel, a lost lock against
+its run) are Lua scripts, so each is one atomic step in Redis.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from redis import Redis
@@ -41,10 +55,33 @@ from service.core.schemas import (
     Timings,
 )
 
-# Create a fit only once (two identical requests racing create it once).
+#: Failure reasons caused by the infrastructure, not by the request: such a failure is not
+#: the answer to the request, so its dedup keys are dropped and the same request refits.
+INFRASTRUCTURE_REASONS = frozenset({"storage_error", "internal_error"})
+
+# Map a dedup key to a fit id, bound to the request's digest. An existing mapping answers
+# (same digest: 'existing'; another digest: 'conflict') unless its fit was deleted.
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, ':', 1, true)
+  local id = string.sub(current, 1, sep - 1)
+  if redis.call('EXISTS', ARGV[4] .. 'gone:' .. id) == 0 then
+    if string.sub(current, sep + 1) ~= ARGV[2] then return {'conflict', id} end
+    return {'existing', id}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'EX', ARGV[3])
+return {'claimed', ARGV[1]}
+"""
+
+# Create a fit only once (two identical requests racing create it once); never reuse the
+# id of a deleted fit. 1: created, 0: it exists, -1: the id was deleted.
 _CREATE = """
+if redis.call('EXISTS', KEYS[6]) == 1 then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'status', 'queued', 'attempts', 0, 'owner', ARGV[4])
+redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'status', 'queued', 'attempts', 0,
+           'owner', ARGV[4], 'dedup', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
@@ -60,13 +97,32 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
-# Cancel: a queued fit is cancelled at once; a running one is flagged for its worker.
-_CANCEL = """
+# Shared tail of the scripts that make a fit final: leave the active sets, expire after the
+# retention, and drop the dedup keys when the final state is not the request's answer.
+_FINAL_TAIL = """
+local function leave_active(fit_key, id, prefix, retention)
+  local owner = redis.call('HGET', fit_key, 'owner') or ''
+  redis.call('SREM', prefix .. 'active', id)
+  redis.call('SREM', prefix .. 'active:' .. owner, id)
+  if retention ~= '0' then redis.call('EXPIRE', fit_key, retention) end
+end
+local function drop_dedup(fit_key)
+  local keys = cjson.decode(redis.call('HGET', fit_key, 'dedup') or '[]')
+  for _, key in ipairs(keys) do redis.call('DEL', key) end
+end
+"""
+
+# Cancel: a queued fit is cancelled at once; a running one is flagged for its worker, whose
+# finish turns the flag into 'cancelled' atomically. Answers the status after the call.
+_CANCEL = (
+    _FINAL_TAIL
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  redis.call('SREM', KEYS[2], ARGV[2])
-  redis.call('SREM', ARGV[3] .. (redis.call('HGET', KEYS[1], 'owner') or ''), ARGV[2])
+  redis.call('HDEL', KEYS[1], 'progress', 'cancel')
+  leave_active(KEYS[1], ARGV[2], ARGV[3], ARGV[4])
+  drop_dedup(KEYS[1])
   return 'cancelled'
 elseif status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
@@ -74,25 +130,92 @@ elseif status == 'running' then
 end
 return status or ''
 """
+)
 
-# Re-queue a fit whose worker was lost: only if it is still running and nobody holds it.
+# Finish a run: only the run holding the lock (or a run whose lock lapsed unclaimed) may;
+# a cancel flag set before this step makes the fit 'cancelled' whatever the run wanted.
+# Answers the final status, 'lost' (another run holds the fit) or the status it already had.
+_FINISH = (
+    _FINAL_TAIL
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'gone' end
+if status ~= 'running' and status ~= 'queued' then return status end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[2] then return 'lost' end
+local final = ARGV[1]
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then final = 'cancelled' end
+redis.call('HSET', KEYS[1], 'status', final, 'finished_at', ARGV[3])
+if final == ARGV[1] then
+  for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('HDEL', KEYS[1], 'progress', 'cancel')
+redis.call('DEL', KEYS[2])
+leave_active(KEYS[1], ARGV[7], ARGV[5], ARGV[4])
+if final == 'cancelled' or ARGV[6] == '1' then drop_dedup(KEYS[1]) end
+return final
+"""
+)
+
+# Re-queue a fit whose worker was lost: only if it is still running, nobody holds it, and
+# its lock has been missing for the grace period (a live run retakes it well before).
 _REQUEUE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[3])
+  return 0
+end
+if tonumber(ARGV[2]) > 0 then
+  local since = redis.call('GET', KEYS[3])
+  if not since then
+    redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[3])
+    return 0
+  end
+  if tonumber(ARGV[1]) - tonumber(since) < tonumber(ARGV[2]) then return 0 end
+end
+redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('HDEL', KEYS[1], 'progress')
 return 1
 """
 
-# Release a lock only if this run still holds it; refresh likewise.
+# Release a lock only if this run still holds it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# The heartbeat: extend this run's lock (1); take it back if it lapsed while nobody else
+# took it and the fit is still in progress (2); else the run has lost the fit (0).
 _REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 0
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status ~= 'running' and status ~= 'queued' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if status == 'queued' then redis.call('HSET', KEYS[2], 'status', 'running') end
+redis.call('DEL', KEYS[3])
+return 2
 """
+
+# Delete a finished fit: its record, its listings and dedup keys; leave a tombstone.
+_DELETE = (
+    _FINAL_TAIL
+    + """
+local owner = redis.call('HGET', KEYS[1], 'owner') or ''
+drop_dedup(KEYS[1])
+redis.call('ZREM', ARGV[2] .. 'owned:' .. owner, ARGV[1])
+redis.call('SREM', ARGV[2] .. 'active:' .. owner, ARGV[1])
+redis.call('DEL', KEYS[1], ARGV[2] .. 'lock:' .. ARGV[1], ARGV[2] .. 'suspect:' .. ARGV[1])
+redis.call('ZREM', ARGV[2] .. 'fits', ARGV[1])
+redis.call('SREM', ARGV[2] .. 'active', ARGV[1])
+redis.call('SET', ARGV[2] .. 'gone:' .. ARGV[1], '1', 'EX', ARGV[3])
+return 1
+"""
+)
 
 
 def new_fit_id() -> str:
@@ -110,6 +233,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Claim(StrEnum):
+    """What a dedup key said: a new fit, the fit of the same request, or a conflict."""
+
+    CLAIMED = "claimed"
+    EXISTING = "existing"
+    CONFLICT = "conflict"
+
+
+class Refresh(StrEnum):
+    """What a heartbeat found: its lock extended, taken back, or lost to another run."""
+
+    EXTENDED = "extended"
+    RETAKEN = "retaken"
+    LOST = "lost"
+
+
 @dataclass(frozen=True)
 class ActiveState:
     """A queued or running fit as the reconciler sees it (status None: record expired)."""
@@ -121,24 +260,47 @@ class ActiveState:
 
 
 class JobStore:
-    """Reads and writes fit records in Redis."""
+    """Reads and writes fit records (and every other key of the service) in Redis."""
 
     def __init__(self, redis: Redis, prefix: str = "hbm", retention_s: int | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
         self.retention_s = retention_s
+        self._claim = redis.register_script(_CLAIM)
         self._create = redis.register_script(_CREATE)
         self._start = redis.register_script(_START)
         self._cancel = redis.register_script(_CANCEL)
+        self._finish = redis.register_script(_FINISH)
         self._requeue = redis.register_script(_REQUEUE)
         self._release = redis.register_script(_RELEASE)
         self._refresh = redis.register_script(_REFRESH)
+        self._delete = redis.register_script(_DELETE)
+
+    # ------------------------------------------------------------------------ key names
 
     def _key(self, fit_id: str) -> str:
         return f"{self.prefix}:fit:{fit_id}"
 
     def _lock(self, fit_id: str) -> str:
         return f"{self.prefix}:lock:{fit_id}"
+
+    def _suspect(self, fit_id: str) -> str:
+        return f"{self.prefix}:suspect:{fit_id}"
+
+    def _gone(self, fit_id: str) -> str:
+        return f"{self.prefix}:gone:{fit_id}"
+
+    def _dedup(self, key: str) -> str:
+        return f"{self.prefix}:dedup:{key}"
+
+    def _owned(self, owner: str) -> str:
+        return f"{self.prefix}:owned:{owner}"
+
+    def _active_of(self, owner: str) -> str:
+        return f"{self.prefix}:active:{owner}"
+
+    def _workers(self, queue: str) -> str:
+        return f"{self.prefix}:workers:{queue}"
 
     @property
     def _active(self) -> str:
@@ -149,22 +311,33 @@ class JobStore:
         """Every fit id, scored by its creation time."""
         return f"{self.prefix}:fits"
 
+    @property
+    def _retention(self) -> str:
+        return str(self.retention_s or 0)
+
     def reply_key(self, token: str) -> str:
         """The list a worker pushes a synchronous answer to."""
         return f"{self.prefix}:reply:{token}"
 
+    def call_key(self, token: str) -> str:
+        """Where the worker process that took a synchronous call writes its name."""
+        return f"{self.prefix}:call:{token}"
+
     # ------------------------------------------------------------------ creation, reads
 
-    def claim(self, key: str, fit_id: str, ttl_s: int) -> str:
-        """The fit id already recorded for ``key``, or ``fit_id`` if this call claimed it."""
-        name = f"{self.prefix}:dedup:{key}"
-        if self.redis.set(name, fit_id, nx=True, ex=ttl_s):
-            return fit_id
-        existing = self.redis.get(name)
-        return existing.decode() if isinstance(existing, bytes) else fit_id
+    def claim(self, key: str, fit_id: str, digest: str, ttl_s: int) -> tuple[Claim, str]:
+        """Bind ``key`` to ``fit_id`` and the request's ``digest``, unless it is bound
+        already: then the fit id it names, and whether the digests agree."""
+        outcome, claimed = self._claim(
+            keys=[self._dedup(key)], args=[fit_id, digest, ttl_s, f"{self.prefix}:"]
+        )
+        return Claim(outcome.decode()), claimed.decode()
 
-    def create(self, fit_id: str, spec: FitSpec, owner: str = "") -> FitResource:
-        """Record a new fit as queued (an existing record with this id is kept as it is)."""
+    def create(
+        self, fit_id: str, spec: FitSpec, owner: str = "", dedup: tuple[str, ...] = ()
+    ) -> bool | None:
+        """Record a new fit as queued: True if this call created it, False if it existed
+        already, None if the id belongs to a deleted fit (it is never used again)."""
         now = utcnow()
         meta = {
             "formula": spec.formula,
@@ -175,19 +348,26 @@ class JobStore:
             "sampler": spec.sampler.model_dump(),
             "created_at": now.isoformat(),
         }
-        self._create(
-            keys=[
-                self._key(fit_id),
-                self._all,
-                self._active,
-                self._owned(owner),
-                self._active_of(owner),
-            ],
-            args=[json.dumps(meta), now.timestamp(), fit_id, owner],
+        created = int(
+            self._create(
+                keys=[
+                    self._key(fit_id),
+                    self._all,
+                    self._active,
+                    self._owned(owner),
+                    self._active_of(owner),
+                    self._gone(fit_id),
+                ],
+                args=[
+                    json.dumps(meta),
+                    now.timestamp(),
+                    fit_id,
+                    owner,
+                    json.dumps([self._dedup(key) for key in dedup]),
+                ],
+            )
         )
-        record = self.get(fit_id)
-        assert record is not None
-        return record
+        return None if created < 0 else bool(created)
 
     def get(self, fit_id: str) -> FitResource | None:
         """The fit's record, or None if there is no such fit."""
@@ -225,12 +405,6 @@ class JobStore:
         value = self.redis.hget(self._key(fit_id), "status")
         return FitStatus(value.decode()) if isinstance(value, bytes) else None
 
-    def _owned(self, owner: str) -> str:
-        return f"{self.prefix}:owned:{owner}"
-
-    def _active_of(self, owner: str) -> str:
-        return f"{self.prefix}:active:{owner}"
-
     def active_count(self, owner: str) -> int:
         """How many of ``owner``'s fits are queued or running."""
         return int(self.redis.scard(self._active_of(owner)))
@@ -246,16 +420,28 @@ class JobStore:
         ids = self.redis.zrevrange(key, offset, offset + limit - 1)
         return [i.decode() for i in ids]  # type: ignore[union-attr]
 
-    def count_submission(self, owner: str, window_s: int = 60) -> tuple[int, int]:
-        """Count a submission in ``owner``'s current window: (count so far, seconds left)."""
+    # ---------------------------------------------------------------------------- quotas
+
+    def _rate(self, owner: str, what: str, window_s: int) -> tuple[str, int]:
         now = int(time.time())
-        window = now // window_s
-        key = f"{self.prefix}:rate:{owner}:{window}"
+        return f"{self.prefix}:rate:{owner}:{what}:{now // window_s}", window_s - now % window_s
+
+    def rate_used(self, owner: str, what: str, window_s: int = 60) -> tuple[int, int]:
+        """How many ``what`` calls ``owner`` made in the current window, and its seconds left."""
+        key, left = self._rate(owner, what, window_s)
+        value = self.redis.get(key)
+        return int(value) if value else 0, left
+
+    def count_rate(self, owner: str, what: str, window_s: int = 60) -> tuple[int, int]:
+        """Count one ``what`` call in ``owner``'s current window: (count so far, seconds left)."""
+        key, left = self._rate(owner, what, window_s)
         pipe = self.redis.pipeline()
         pipe.incr(key)
         pipe.expire(key, window_s)
         count, _ = pipe.execute()
-        return int(count), window_s - now % window_s
+        return int(count), left
+
+    # --------------------------------------------------------------------- reconciler
 
     def active_ids(self) -> list[str]:
         """Ids of fits that are queued or running."""
@@ -284,15 +470,63 @@ class JobStore:
             )
         return states
 
+    def take_reconciler_turn(self, ttl_s: int) -> bool:
+        """Whether this process's reconciler acts now (one per interval among the API
+        processes)."""
+        return bool(self.redis.set(f"{self.prefix}:reconciler", "1", nx=True, ex=ttl_s))
+
+    def requeue(self, fit_id: str, grace_s: float, now: float | None = None) -> bool:
+        """Put a running fit whose lock has been missing for ``grace_s`` back to queued;
+        False if it was not (its run is alive, took its lock back, or finished). A new
+        message must follow a True."""
+        now = time.time() if now is None else now
+        return bool(
+            self._requeue(
+                keys=[self._key(fit_id), self._lock(fit_id), self._suspect(fit_id)],
+                args=[now, grace_s, int(grace_s * 10) + 60],
+            )
+        )
+
+    def created_before(self, timestamp: float) -> list[str]:
+        """Ids of fits created before ``timestamp`` (seconds since the epoch)."""
+        ids = self.redis.zrangebyscore(self._all, 0, timestamp)
+        return [i.decode() for i in ids]  # type: ignore[union-attr]
+
+    def known(self, fit_ids: list[str]) -> set[str]:
+        """Which of ``fit_ids`` have a record (one round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for fit_id in fit_ids:
+            pipe.exists(self._key(fit_id))
+        return {i for i, exists in zip(fit_ids, pipe.execute(), strict=True) if exists}
+
+    def forget_active(self, fit_id: str) -> None:
+        """Drop a fit from the active sets (it is final or gone)."""
+        owner = self.owner(fit_id) or ""
+        self.redis.srem(self._active, fit_id)
+        self.redis.srem(self._active_of(owner), fit_id)
+
+    def delete(self, fit_id: str) -> None:
+        """Forget a fit entirely; its id is never used again."""
+        self._delete(
+            keys=[self._key(fit_id)],
+            args=[fit_id, f"{self.prefix}:", self.retention_s or 7 * 24 * 3600],
+        )
+
     # ------------------------------------------------------------------------ runs
 
     def acquire_lock(self, fit_id: str, token: str, ttl_s: int) -> bool:
         """Take the run lock; False if another live run holds it."""
         return bool(self.redis.set(self._lock(fit_id), token, nx=True, ex=ttl_s))
 
-    def refresh_lock(self, fit_id: str, token: str, ttl_s: int) -> bool:
-        """Extend the run lock (the heartbeat); False if it was lost."""
-        return bool(self._refresh(keys=[self._lock(fit_id)], args=[token, ttl_s]))
+    def refresh_lock(self, fit_id: str, token: str, ttl_s: int) -> Refresh:
+        """Extend the run lock (the heartbeat), or take it back if it lapsed unclaimed."""
+        answer = int(
+            self._refresh(
+                keys=[self._lock(fit_id), self._key(fit_id), self._suspect(fit_id)],
+                args=[token, ttl_s],
+            )
+        )
+        return {1: Refresh.EXTENDED, 2: Refresh.RETAKEN}.get(answer, Refresh.LOST)
 
     def release_lock(self, fit_id: str, token: str) -> None:
         """Give the run lock back if this run holds it."""
@@ -307,20 +541,15 @@ class JobStore:
         attempts = int(self._start(keys=[self._key(fit_id)], args=[utcnow().isoformat()]))
         return None if attempts < 0 else attempts
 
-    def requeue(self, fit_id: str) -> bool:
-        """Put a running fit whose lock expired back to queued; False if it was not (it
-        finished or was picked up meanwhile). A new message must follow a True."""
-        return bool(self._requeue(keys=[self._key(fit_id), self._lock(fit_id)]))
-
     def set_progress(self, fit_id: str, progress: Progress) -> None:
         """Replace the progress of a running fit."""
         self.redis.hset(self._key(fit_id), "progress", progress.model_dump_json())
 
     def request_cancel(self, fit_id: str) -> FitStatus | None:
-        """Cancel a queued fit now, or flag a running one; the resulting status."""
+        """Cancel a queued fit now, or flag a running one; the status after the call."""
         status = self._cancel(
-            keys=[self._key(fit_id), self._active],
-            args=[utcnow().isoformat(), fit_id, self._active_of("")],
+            keys=[self._key(fit_id)],
+            args=[utcnow().isoformat(), fit_id, f"{self.prefix}:", self._retention],
         )
         text = status.decode() if isinstance(status, bytes) else str(status)
         return FitStatus(text) if text else None
@@ -334,49 +563,55 @@ class JobStore:
         fit_id: str,
         status: FitStatus,
         *,
+        token: str = "",
         timings: Timings | None = None,
         versions: dict[str, str] | None = None,
         error: FitError | None = None,
-    ) -> None:
-        """Record a final status, with timings, library versions or the error."""
-        fields: dict[Any, Any] = {"status": status.value, "finished_at": utcnow().isoformat()}
+    ) -> FitStatus | None:
+        """Make the fit final, atomically against a cancel: the status it ends with
+        (``cancelled`` if a cancel was asked first), or None if another run holds it."""
+        fields: list[str] = []
         if timings is not None:
-            fields["timings"] = timings.model_dump_json()
+            fields += ["timings", timings.model_dump_json()]
         if versions is not None:
-            fields["versions"] = json.dumps(versions)
+            fields += ["versions", json.dumps(versions)]
         if error is not None:
-            fields["error"] = error.model_dump_json()
-        owner = self.owner(fit_id) or ""
+            fields += ["error", error.model_dump_json()]
+        infrastructure = error is not None and error.reason in INFRASTRUCTURE_REASONS
+        answer = self._finish(
+            keys=[self._key(fit_id), self._lock(fit_id)],
+            args=[
+                status.value,
+                token,
+                utcnow().isoformat(),
+                self._retention,
+                f"{self.prefix}:",
+                "1" if infrastructure else "0",
+                fit_id,
+                *fields,
+            ],
+        )
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return None if text in ("lost", "gone") else FitStatus(text)
+
+    # ------------------------------------------------------------------ worker presence
+
+    def announce_worker(self, queue: str, worker: str, ttl_s: float) -> None:
+        """Say that ``worker`` consumes ``queue`` for the next ``ttl_s`` seconds."""
+        now = time.time()
         pipe = self.redis.pipeline()
-        pipe.hset(self._key(fit_id), mapping=fields)
-        pipe.hdel(self._key(fit_id), "progress", "cancel")
-        pipe.srem(self._active, fit_id)
-        pipe.srem(self._active_of(owner), fit_id)
-        if self.retention_s:
-            pipe.expire(self._key(fit_id), self.retention_s)
+        pipe.zadd(self._workers(queue), {worker: now + ttl_s})
+        pipe.zremrangebyscore(self._workers(queue), 0, now - 3600)
         pipe.execute()
 
-    def created_before(self, timestamp: float) -> list[str]:
-        """Ids of fits created before ``timestamp`` (seconds since the epoch)."""
-        ids = self.redis.zrangebyscore(self._all, 0, timestamp)
-        return [i.decode() for i in ids]  # type: ignore[union-attr]
+    def retire_worker(self, queue: str, worker: str) -> None:
+        """``worker`` stops consuming ``queue``."""
+        self.redis.zrem(self._workers(queue), worker)
 
-    def forget_active(self, fit_id: str) -> None:
-        """Drop a fit from the active sets (it is final or gone)."""
-        owner = self.owner(fit_id) or ""
-        self.redis.srem(self._active, fit_id)
-        self.redis.srem(self._active_of(owner), fit_id)
-
-    def delete(self, fit_id: str) -> None:
-        """Forget a fit entirely."""
-        owner = self.owner(fit_id) or ""
-        pipe = self.redis.pipeline()
-        pipe.zrem(self._owned(owner), fit_id)
-        pipe.srem(self._active_of(owner), fit_id)
-        pipe.delete(self._key(fit_id))
-        pipe.zrem(self._all, fit_id)
-        pipe.srem(self._active, fit_id)
-        pipe.execute()
+    def live_workers(self, queue: str) -> set[str]:
+        """Worker processes whose presence on ``queue`` has not expired."""
+        members = self.redis.zrangebyscore(self._workers(queue), time.time(), "+inf")
+        return {m.decode() for m in members}  # type: ignore[union-attr]
 
 
 def _time(value: str | None) -> datetime | None:

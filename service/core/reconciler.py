@@ -1,25 +1,31 @@
 """The reconciler: re-queues fits whose worker died or whose queue message was lost, and
-sweeps the files of fits past their retention. Every API process runs one in a background
-thread; a Redis lock lets only one of them act per interval.
+sweeps what fits leave behind. Every API process runs one in a background thread; a Redis
+key lets only one of them act per interval.
 
 A fit is re-queued when
-- it is ``running`` but its run lock has expired: no heartbeat for ``lock_ttl_s`` seconds,
-  so its worker (parent and children) is gone. It is picked up again within about
-  ``lock_ttl_s + reconcile_interval_s`` seconds instead of Redis's visibility timeout;
+- it is ``running`` but its run lock has been missing for ``grace_s`` (two looks at least a
+  grace apart): no heartbeat for ``lock_ttl_s`` seconds, so its worker (parent and children)
+  is gone. A Redis outage also lets locks lapse; a live run takes its lock back within a
+  second of Redis returning, so the grace keeps such runs from being started twice. A lost
+  fit is picked up again within about ``lock_ttl_s + grace_s + reconcile_interval_s``;
 - it is ``queued`` but no message for it is in the broker (queue or unacknowledged), e.g.
   after Redis lost its queue. Re-sent messages are harmless: a fit runs under its lock and
   a finished fit is never run again.
+
+Sweeping works from both sides: fits past their retention whose record expired lose their
+files (walking Redis), and fit folders with no record at all (Redis lost its data, or an API
+process died between writing a request and recording it) are removed once older than
+``ORPHAN_AGE_S`` (walking the data folder, every ``FOLDER_SWEEP_INTERVAL_S``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
 
@@ -32,15 +38,19 @@ log = logging.getLogger(__name__)
 #: A queued fit younger than this is not checked against the broker (its message may be
 #: in flight).
 QUEUED_GRACE_S = 5.0
+#: A fit folder without a record is removed once nothing in it changed for this long.
+ORPHAN_AGE_S = 600.0
+#: How often the data folder is walked for orphans.
+FOLDER_SWEEP_INTERVAL_S = 300.0
 
 
 @dataclass
 class Outcome:
     """What one pass did."""
 
-    requeued: list[str]
-    resent: list[str]
-    swept: list[str]
+    requeued: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)
 
 
 #: A fit id (``new_fit_id``: 32 hex digits) as it appears in a Celery message's headers.
@@ -64,18 +74,21 @@ def reconcile_once(
     *,
     queue: str,
     retention_s: int,
+    grace_s: float = 0.0,
+    sweep_folders: bool = False,
     now: float | None = None,
 ) -> Outcome:
-    """One pass over the active fits and the fits past retention."""
+    """One pass over the active fits and the fits past retention (and, with
+    ``sweep_folders``, over the data folder)."""
     now = time.time() if now is None else now
-    outcome = Outcome([], [], [])
+    outcome = Outcome()
     in_broker: set[str] | None = None
     for state in store.active_states():
         fit_id = state.fit_id
         if state.status is None or state.status.is_final:
             store.forget_active(fit_id)
         elif state.status is FitStatus.RUNNING and not state.lock_held:
-            if store.requeue(fit_id):
+            if store.requeue(fit_id, grace_s, now=now):
                 log.warning("fit %s lost its worker; re-queueing it", fit_id)
                 enqueue(fit_id)
                 outcome.requeued.append(fit_id)
@@ -93,19 +106,38 @@ def reconcile_once(
             outcome.resent.append(fit_id)
     for fit_id in store.created_before(now - retention_s):
         if store.status(fit_id) is None:  # the record expired: its files go too
-            shutil.rmtree(artifacts.fit_dir(fit_id), ignore_errors=True)
+            artifacts.delete(fit_id)
             store.delete(fit_id)
             outcome.swept.append(fit_id)
+    if sweep_folders:
+        outcome.swept += sweep_orphan_folders(store, artifacts, now=now)
     return outcome
 
 
-class Reconciler:
-    """Runs ``reconcile_once`` every ``interval_s`` seconds in a daemon thread."""
+def sweep_orphan_folders(store: JobStore, artifacts: Artifacts, *, now: float) -> list[str]:
+    """Remove fit folders that no record names, once untouched for ``ORPHAN_AGE_S``."""
+    candidates = [
+        fit_id for fit_id, modified in artifacts.fit_folders() if now - modified > ORPHAN_AGE_S
+    ]
+    swept = []
+    for start in range(0, len(candidates), 500):
+        batch = candidates[start : start + 500]
+        for fit_id in sorted(set(batch) - store.known(batch)):
+            log.warning("fit folder %s has no record; removing it", fit_id)
+            artifacts.delete(fit_id)
+            swept.append(fit_id)
+    return swept
 
-    def __init__(self, step: Callable[[], Outcome], redis: Redis, interval_s: float) -> None:
+
+class Reconciler:
+    """Runs reconciliation passes every ``interval_s`` seconds in a daemon thread; one pass
+    in ``FOLDER_SWEEP_INTERVAL_S`` also walks the data folder."""
+
+    def __init__(self, step: Callable[..., Outcome], store: JobStore, interval_s: float) -> None:
         self.step = step
-        self.redis = redis
+        self.store = store
         self.interval_s = interval_s
+        self._last_folder_sweep = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
 
@@ -121,8 +153,10 @@ class Reconciler:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                ttl = max(1, int(self.interval_s * 0.9))
-                if self.redis.set("hbm:reconciler", "1", nx=True, ex=ttl):
-                    self.step()
-            except Exception:  # Redis away: try again next time
+                if self.store.take_reconciler_turn(max(1, int(self.interval_s * 0.9))):
+                    folders = time.monotonic() - self._last_folder_sweep > FOLDER_SWEEP_INTERVAL_S
+                    self.step(sweep_folders=folders)
+                    if folders:
+                        self._last_folder_sweep = time.monotonic()
+            except Exception:  # Redis or the disk away: try again next time
                 log.warning("reconciler pass failed", exc_info=True)

@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     # Request limits (each has its own clear 4xx answer).
     max_rows: int = 200_000
     max_columns: int = 100
+    max_cells: int = Field(
+        default=4_000_000,
+        description="Largest data: rows x columns as sent (bounds the memory a request takes "
+        "while it is parsed, about 40-60 bytes a cell).",
+    )
+    max_text_chars: int = Field(
+        default=1000, lt=131_072, description="Longest text value in the data."
+    )
     max_formula_length: int = 500
     max_draws: int = 20_000
     max_tune: int = 20_000
@@ -87,8 +95,47 @@ class Settings(BaseSettings):
         default=7 * 24 * 3600, description="How long finished fits and their files are kept."
     )
     max_attempts: int = Field(default=3, description="Runs of a fit before it is failed.")
+    lock_grace_s: float = Field(
+        default=5.0,
+        description="A running fit is re-queued only after its lock has been missing this "
+        "long: a live run whose lock lapsed in a Redis outage takes it back first.",
+    )
     reply_timeout_s: float = Field(
         default=120.0, description="How long the API waits for a prediction or a summary."
+    )
+    redis_timeout_s: float = Field(
+        default=2.0,
+        description="Socket timeout of the API's and the workers' job-store calls: a hung "
+        "Redis costs a request this long, then a 503 with Retry-After.",
+    )
+    worker_presence_ttl_s: float = Field(
+        default=10.0,
+        description="A worker announces itself every third of this; one silent this long is "
+        "taken for dead (calls to a queue with no live worker get 503 at once).",
+    )
+    max_calls_in_flight: int = Field(
+        default=32,
+        ge=1,
+        description="Calls waiting on a worker (predictions, summaries at other intervals, "
+        "dry runs) per API process; beyond it 503 with Retry-After.",
+    )
+    max_calls_in_flight_per_key: int = Field(
+        default=8, ge=1, description="The same, per API key and API process (429 beyond)."
+    )
+    calls_per_minute: int = Field(
+        default=300, description="Calls that need a worker one key may make per minute."
+    )
+    header_timeout_s: float = Field(
+        default=10.0, description="A request's headers must arrive within this (else 408)."
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        description="A request's body must arrive within this, and no chunk may take more "
+        "than a sixth of it (else 408).",
+    )
+    max_bodies_in_flight_bytes: int = Field(
+        default=256 * 1024**2,
+        description="Request bodies one API process holds at once; beyond it 503.",
     )
     model_cache_size: int = Field(default=8, description="Fitted models kept warm per worker.")
     compiled_cache_size: int = Field(
