@@ -9,18 +9,34 @@
   second concurrent run, and the reconciler re-queues fits whose worker died long before
   the visibility timeout would.
 - no result backend: job state lives in the service's own Redis records.
+- synchronous calls (predictions, results, dry runs) are acknowledged late too: a call
+  whose pool process dies goes back to the queue at once; its message expires with the
+  API's wait for it.
+- every worker announces itself in Redis (``JobStore.announce_worker``) while it consumes,
+  so the API answers 503 at once when no worker serves a queue, and can tell a call whose
+  worker died from a slow one.
+- a Redis outage does not cancel running fits (they finish, see ``worker.resilience``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import threading
+from functools import partial
 from typing import Any
 
 import psutil
 from billiard import pool as billiard_pool
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutting_down
 
+from service.core.jobs import JobStore
 from service.core.settings import get_settings
+from worker.resilience import best_effort
+
+log = logging.getLogger(__name__)
 
 settings = get_settings()
 
@@ -48,6 +64,7 @@ app.conf.update(
     task_time_limit=settings.max_fit_time_limit_s + 300,
     broker_transport_options={"visibility_timeout": settings.max_fit_time_limit_s + 600},
     broker_connection_retry_on_startup=True,
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     # A pool process keeps the models it compiled (one per structure, see
     # worker.modeling.compiled); it is replaced after many tasks or once it has grown large.
     worker_max_tasks_per_child=settings.tasks_per_child,
@@ -66,3 +83,50 @@ def _warm_up(**_: Any) -> None:
 
         warm_up()
         gc.freeze()  # pool processes inherit these objects; their collections skip them
+
+
+class Presence:
+    """Announces this worker process on the queues it consumes, every third of
+    ``worker_presence_ttl_s``, from a daemon thread of the worker's main process."""
+
+    def __init__(self, queues: list[str]) -> None:
+        from worker.context import connect
+
+        self.queues = queues
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.store = JobStore(connect(settings))
+        self.ttl_s = settings.worker_presence_ttl_s
+        self._stop = threading.Event()
+        threading.Thread(target=self._announce, name="presence", daemon=True).start()
+
+    def _announce(self) -> None:
+        while True:
+            best_effort(self._announce_once, what="announce the worker")
+            if self._stop.wait(self.ttl_s / 3):
+                return
+
+    def retire(self) -> None:
+        """Stop announcing and say so."""
+        self._stop.set()
+        for queue in self.queues:
+            best_effort(partial(self.store.retire_worker, queue, self.name), what="retire")
+
+    def _announce_once(self) -> None:
+        for queue in self.queues:
+            self.store.announce_worker(queue, self.name, self.ttl_s)
+
+
+_presence: list[Presence] = []
+
+
+@worker_ready.connect
+def _announce(sender: Any = None, **_: Any) -> None:
+    queues = [queue.name for queue in sender.task_consumer.queues]
+    _presence.append(Presence(queues))
+    log.info("worker announced on %s", queues)
+
+
+@worker_shutting_down.connect
+def _retire(**_: Any) -> None:
+    for presence in _presence:
+        presence.retire()

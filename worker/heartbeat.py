@@ -1,5 +1,11 @@
 """The heartbeat of a running fit: refreshes its run lock from a background thread, so the
-lock outlives a long compile or sampling phase and expires soon after the worker dies."""
+lock outlives a long compile or sampling phase and expires soon after the worker dies.
+
+A Redis outage must not cost a live run its fit: after a failed beat the heartbeat tries
+again every ``RETRY_S`` instead of waiting a whole beat, and a lock that lapsed while Redis
+was away is taken back if no other run took it (the reconciler waits a grace period before
+handing a lock-less fit to a new run; see ``JobStore.requeue``).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,20 @@ import logging
 import threading
 from types import TracebackType
 
-from service.core.jobs import JobStore
+from service.core.jobs import JobStore, Refresh
+from worker.resilience import REDIS_DOWN
 
 log = logging.getLogger(__name__)
+
+#: Seconds between tries while Redis does not answer.
+RETRY_S = 0.5
 
 
 class Heartbeat:
     """Context manager: refresh ``fit_id``'s lock every ``ttl_s / 3`` seconds while inside.
 
-    If the lock was lost (Redis away longer than its TTL, so the reconciler may have handed
-    the fit to another run), ``lost`` is set and the run must stop without writing results.
+    If another run took the fit (or it was made final elsewhere), ``lost`` is set and the
+    run must stop without writing results.
     """
 
     def __init__(self, store: JobStore, fit_id: str, token: str, ttl_s: int) -> None:
@@ -29,13 +39,21 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{fit_id}", daemon=True)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
+        wait = self.ttl_s / 3
+        while not self._stop.wait(wait):
             try:
-                if not self.store.refresh_lock(self.fit_id, self.token, self.ttl_s):
-                    log.warning("fit %s: run lock lost; this run stops", self.fit_id)
-                    self.lost.set()
-            except Exception:  # Redis away for a moment: try again at the next beat
-                log.warning("fit %s: heartbeat failed", self.fit_id, exc_info=True)
+                outcome = self.store.refresh_lock(self.fit_id, self.token, self.ttl_s)
+            except REDIS_DOWN:
+                log.warning("fit %s: heartbeat could not reach Redis; retrying", self.fit_id)
+                wait = RETRY_S
+                continue
+            wait = self.ttl_s / 3
+            if outcome is Refresh.RETAKEN:
+                log.warning("fit %s: run lock had lapsed; taken back", self.fit_id)
+            elif outcome is Refresh.LOST:
+                log.warning("fit %s: run lock lost; this run stops", self.fit_id)
+                self.lost.set()
+                return
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,8 @@ from scipy import sparse
 from service.core.errors import FitFailed
 from service.core.formula import check_formula
 from service.core.schemas import FitSpec, PriorSpec, Scalar
+
+log = logging.getLogger(__name__)
 
 #: Functions the allow-listed formula calls resolve to, beyond Bambi's own namespace.
 EXTRA_NAMESPACE = {"sqrt": np.sqrt}
@@ -75,9 +78,9 @@ def build_model(spec: FitSpec) -> bmb.Model:
                 extra_namespace=EXTRA_NAMESPACE,
             )
     except Exception as exc:
+        log.info("model build failed", exc_info=True)
         raise FitFailed(
-            "model_error",
-            f"the model could not be built from this formula and data ({type(exc).__name__})",
+            "model_error", "the model could not be built from this formula and data"
         ) from exc
     release_group_indicators(model)
     return model

@@ -1,4 +1,7 @@
-"""A small LRU cache of fitted models (rebuilt Bambi model + posterior) per worker process."""
+"""A small LRU cache of fitted models (rebuilt Bambi model + posterior) per worker process.
+
+Entries are keyed by the fit's id and its revision (when its record was created), so that an
+entry can never answer for another fit, even one recorded under a reused id."""
 
 from __future__ import annotations
 
@@ -33,21 +36,22 @@ class FittedModelCache:
         self.size = size
         self._items: OrderedDict[str, FittedModel] = OrderedDict()
 
-    def get(self, fit_id: str) -> FittedModel:
+    def get(self, fit_id: str, revision: str = "") -> FittedModel:
         """The fitted model, loaded from its artifacts on a miss."""
-        if fit_id in self._items:
-            self._items.move_to_end(fit_id)
-            return self._items[fit_id]
+        key = f"{fit_id}@{revision}"
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
         spec = self.artifacts.read_spec(fit_id)
         posterior, stats = load_posterior(self.artifacts, fit_id)
         fitted = FittedModel(spec, build_model(spec), posterior, stats)
-        self.put(fit_id, fitted)
+        self.put(key, fitted)
         return fitted
 
-    def put(self, fit_id: str, fitted: FittedModel) -> None:
+    def put(self, key: str, fitted: FittedModel) -> None:
         """Remember a fitted model, evicting the least recently used beyond ``size``."""
-        self._items[fit_id] = fitted
-        self._items.move_to_end(fit_id)
+        self._items[key] = fitted
+        self._items.move_to_end(key)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
             gc.unfreeze()  # the dropped model may sit in a frozen cycle (see tasks.run_fit)

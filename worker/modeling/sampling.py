@@ -75,15 +75,15 @@ def sample(
     try:
         model.build()
     except Exception as exc:
-        raise FitFailed(
-            "model_error", f"the model could not be built ({type(exc).__name__})"
-        ) from exc
+        log.info("model build failed", exc_info=True)
+        raise FitFailed("model_error", "the model could not be built from this data") from exc
     built = time.perf_counter()
     try:
         compiled_models = compiled_models or CompiledModels(size=1)
         lifted = lift(model, centre_on)
         compiled, compiled_now = compiled_models.get(lifted, stored_variables(model))
     except Exception as exc:
+        log.warning("compiling failed", exc_info=True)
         raise FitFailed("compile_error", "the model could not be compiled") from exc
     compiled_at = time.perf_counter()
     _stop_if_asked(stop_reason)
@@ -111,6 +111,7 @@ def sample(
             progress_rate=int(PROGRESS_INTERVAL_S * 1000),
             blocking=False,
         )
+        report(Progress(phase="sampling", fraction=0.0))
         try:
             next_look = 0.0
             while not _finished(run):
@@ -130,7 +131,10 @@ def sample(
     except FitFailed:
         raise
     except Exception as exc:
-        raise FitFailed("sampling_error", f"sampling failed ({type(exc).__name__})") from exc
+        log.warning("sampling failed", exc_info=True)
+        raise FitFailed(
+            "sampling_error", "sampling failed: the posterior could not be explored"
+        ) from exc
     finished = time.perf_counter()
     return SampleResult(
         posterior=trace["posterior"].to_dataset(),

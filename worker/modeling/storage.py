@@ -1,12 +1,26 @@
 """A fit's results on disk: posterior draws (netCDF, h5netcdf) and the JSON resources the
-API serves, each written atomically."""
+API serves, each written atomically, with a manifest written last.
+
+Results are first computed in memory (``result_files``: the netCDF file too, so that HDF5
+never sees a failing disk: a write error inside HDF5 left the pool process to crash later),
+then written (``write_results``); ``results.json``, the manifest, goes last and says the
+results are complete and for which request (the digest of its spec). A later run of the same
+fit (its worker lost Redis before it could record success) finds them and does not sample
+again.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
 
 import bambi as bmb
 import xarray as xr
 
-from service.core.artifacts import Artifacts
+from service.core.artifacts import MANIFEST_FILE, Artifacts
+from service.core.errors import DamagedResults
+from service.core.schemas import FitSpec
 from worker.modeling.describe import priors_used
 from worker.modeling.parameterization import Choice
 from worker.modeling.summaries import DEFAULT_INTERVAL, diagnose, group_effects, summarize
@@ -17,21 +31,33 @@ POSTERIOR_FILE = "posterior.nc"
 STATS_VARIABLE = "sampler_stats"
 
 
+def posterior_bytes(posterior: xr.Dataset, sample_stats: xr.Dataset) -> memoryview:
+    """The posterior and the numeric sampler statistics as one netCDF file, in memory:
+    groups ``posterior`` and ``sample_stats`` (the latter packed, see ``STATS_VARIABLE``)."""
+    tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": _packed(sample_stats)})
+    written: memoryview = tree.to_netcdf(engine="h5netcdf")
+    return written
+
+
 def save_posterior(
     artifacts: Artifacts, fit_id: str, posterior: xr.Dataset, sample_stats: xr.Dataset
 ) -> None:
-    """Store the posterior and the numeric sampler statistics in one netCDF file: groups
-    ``posterior`` and ``sample_stats`` (the latter packed, see ``STATS_VARIABLE``)."""
-    tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": _packed(sample_stats)})
-    with artifacts.atomic_path(fit_id, POSTERIOR_FILE) as tmp:
-        tree.to_netcdf(tmp, engine="h5netcdf")
+    """Store the posterior and sampler statistics (see ``posterior_bytes``)."""
+    artifacts.write_bytes(fit_id, POSTERIOR_FILE, posterior_bytes(posterior, sample_stats))
 
 
 def load_posterior(artifacts: Artifacts, fit_id: str) -> tuple[xr.Dataset, xr.Dataset]:
-    """The stored posterior and sampler statistics (as floats), loaded into memory."""
-    with xr.open_datatree(artifacts.path(fit_id, POSTERIOR_FILE), engine="h5netcdf") as tree:
-        posterior = tree["posterior"].to_dataset().load()
-        stats = tree["sample_stats"].to_dataset().load()
+    """The stored posterior and sampler statistics (as floats), loaded into memory;
+    DamagedResults if the file is not a readable posterior."""
+    path = artifacts.path(fit_id, POSTERIOR_FILE)
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        with xr.open_datatree(path, engine="h5netcdf") as tree:
+            posterior = tree["posterior"].to_dataset().load()
+            stats = tree["sample_stats"].to_dataset().load()
+    except (OSError, ValueError, KeyError) as exc:
+        raise artifacts.damaged(fit_id, POSTERIOR_FILE) from exc
     return posterior, _unpacked(stats)
 
 
@@ -54,17 +80,16 @@ def _unpacked(stored: xr.Dataset) -> xr.Dataset:
     return stored[STATS_VARIABLE].to_dataset(dim="stat")
 
 
-def store_results(
-    artifacts: Artifacts,
-    fit_id: str,
+def result_files(
     model: bmb.Model,
     posterior: xr.Dataset,
     sample_stats: xr.Dataset,
+    fit_id: str,
     choice: Choice | None = None,
     likelihood: str | None = None,
-) -> None:
-    """The posterior, then the summary, group effects, diagnostics and priors as JSON."""
-    save_posterior(artifacts, fit_id, posterior, sample_stats)
+) -> dict[str, bytes | memoryview]:
+    """Every result file's content: the posterior, then the summary, group effects,
+    diagnostics and priors as JSON."""
     kind, prob = DEFAULT_INTERVAL
     results = {
         "summary.json": summarize(model, posterior, fit_id, kind, prob),
@@ -74,5 +99,49 @@ def store_results(
         | ({"likelihood": likelihood} if likelihood else {}),
         "priors.json": {"fit_id": fit_id, "priors": priors_used(model)},
     }
-    for name, body in results.items():
-        artifacts.write_json(fit_id, name, body)
+    files: dict[str, bytes | memoryview] = {
+        POSTERIOR_FILE: posterior_bytes(posterior, sample_stats)
+    }
+    files |= {name: json.dumps(body).encode() for name, body in results.items()}
+    return files
+
+
+def spec_digest(spec: FitSpec) -> str:
+    """What a manifest records of the request its results answer."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def write_results(
+    artifacts: Artifacts,
+    fit_id: str,
+    files: dict[str, bytes | memoryview],
+    manifest: dict[str, Any],
+) -> None:
+    """Write every result file, then the manifest that says they are complete."""
+    for name, payload in files.items():
+        artifacts.write_bytes(fit_id, name, payload)
+    artifacts.write_json(fit_id, MANIFEST_FILE, manifest)
+
+
+def stored_manifest(artifacts: Artifacts, fit_id: str, spec: FitSpec) -> dict[str, Any] | None:
+    """The manifest of complete results stored for this very request, or None."""
+    try:
+        manifest: dict[str, Any] = artifacts.read_json(fit_id, MANIFEST_FILE)
+    except (FileNotFoundError, DamagedResults):
+        return None
+    return manifest if manifest.get("spec_digest") == spec_digest(spec) else None
+
+
+def store_results(
+    artifacts: Artifacts,
+    fit_id: str,
+    model: bmb.Model,
+    posterior: xr.Dataset,
+    sample_stats: xr.Dataset,
+    choice: Choice | None = None,
+    likelihood: str | None = None,
+) -> None:
+    """Compute and write every result file (no manifest: for callers outside a fit run)."""
+    files = result_files(model, posterior, sample_stats, fit_id, choice, likelihood)
+    for name, payload in files.items():
+        artifacts.write_bytes(fit_id, name, payload)
