@@ -6,16 +6,23 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
 from service.api.deps import Services
 from service.api.routes import router
-from service.api.security import BodyLimit
+from service.api.security import Authenticate, BodyGuard
 from service.core.reconciler import Reconciler, reconcile_once
+from service.core.schemas import FitRequest, PredictionRequest
 from service.core.settings import Settings, get_settings
+
+#: Request bodies the routes read themselves (``bodies.read_model``), for the OpenAPI
+#: document.
+BODIES = (FitRequest, PredictionRequest)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,8 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.dispatcher.enqueue_fit,
             queue=settings.fit_queue,
             retention_s=settings.retention_s,
+            grace_s=settings.lock_grace_s,
         )
-        reconciler = Reconciler(step, services.store.redis, settings.reconcile_interval_s)
+        reconciler = Reconciler(step, services.store, settings.reconcile_interval_s)
         reconciler.start()
         # Everything alive at start-up (modules, routes, schemas) lives as long as the
         # process: frozen, full collections skip it. A full collection walked it in 60-70
@@ -41,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         yield
         reconciler.stop()
+        await services.dispatcher.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -62,5 +71,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
         )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGuard,
+        limit=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        in_flight_limit=settings.max_bodies_in_flight_bytes,
+    )
+    app.add_middleware(Authenticate, hashes=settings.api_key_hashes)  # outermost: first
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, with the schemas of the bodies routes read themselves."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        for model in BODIES:
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+        app.openapi_schema = document
+    return app.openapi_schema

@@ -30,8 +30,8 @@ class Services:
         """Connect to Redis and prepare the producer (nothing is contacted yet)."""
         redis = Redis.from_url(
             settings.redis_url,
-            socket_connect_timeout=2,
-            socket_timeout=settings.reply_timeout_s + 10,
+            socket_connect_timeout=settings.redis_timeout_s,
+            socket_timeout=settings.redis_timeout_s,
             health_check_interval=10,
         )
         store = JobStore(redis, retention_s=settings.retention_s)
@@ -53,6 +53,11 @@ class Caller:
 
     services: Services
     owner: str
+
+    @property
+    def settings(self) -> Settings:
+        """The service's settings."""
+        return self.services.settings
 
     def fit(self, fit_id: str) -> FitResource:
         """The caller's fit; 404 for unknown ids and for other keys' fits alike."""

@@ -1,21 +1,48 @@
 """The Celery producer: sends tasks by name, never importing the worker.
 
-``call`` is a synchronous request to a worker (predictions, summaries at a non-default
-interval): it sends the task with a reply token and blocks on the reply list in Redis.
+``enqueue_fit`` queues a fit (its state lives in the job store). ``call`` is a synchronous
+request to an interactive worker (predictions, results at another interval, the dry run):
+it sends the task with a reply token and waits for the reply in Redis without holding a
+thread (an asyncio Redis client, one-second waits). While it waits it watches the worker:
+
+- no live worker serves the queue: 503 with Retry-After at once, nothing sent;
+- the worker that took the call (``JobStore.call_key``) stopped announcing itself (it died
+  mid-call): the call is sent once more, to a live worker;
+- over ``max_calls_in_flight`` calls waiting in this process, or
+  ``max_calls_in_flight_per_key`` for one key: 503 / 429 with Retry-After before sending.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from celery import Celery
+from redis import asyncio as aioredis
+from starlette.concurrency import run_in_threadpool
 
 from service.core import tasks
-from service.core.errors import FieldError, InvalidRequest, NotFound, ServiceError, Unavailable
+from service.core.errors import (
+    DamagedResults,
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    TooManyRequests,
+    Unavailable,
+)
 from service.core.jobs import JobStore
 from service.core.settings import Settings
+
+#: Seconds between looks at a pending call's worker.
+LOOK_S = 1.0
+#: Sends of one call at most (the first, and one after its worker died).
+MAX_SENDS = 2
 
 
 class Dispatcher:
@@ -24,40 +51,130 @@ class Dispatcher:
     def __init__(self, settings: Settings, store: JobStore) -> None:
         self.settings = settings
         self.store = store
+        timeout = settings.redis_timeout_s
         self.celery = Celery("hbm-api", broker=settings.redis_url)
         self.celery.conf.update(
             task_default_queue=settings.fit_queue,
             broker_connection_retry_on_startup=True,
-            broker_transport_options={"visibility_timeout": settings.max_fit_time_limit_s + 600},
+            broker_connection_timeout=timeout,
+            broker_connection_max_retries=1,
+            broker_transport_options={
+                "visibility_timeout": settings.max_fit_time_limit_s + 600,
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "max_retries": 1,
+            },
         )
+        self._replies: aioredis.Redis | None = None
+        self.in_flight = 0
+        self.in_flight_by_key: Counter[str] = Counter()
 
     def enqueue_fit(self, fit_id: str) -> None:
         """Queue a fit; the worker finds everything else in the job store and artifacts."""
         self.celery.send_task(tasks.FIT, args=[fit_id], queue=self.settings.fit_queue)
 
-    def call(self, name: str, payload: dict[str, Any]) -> Any:
-        """Run ``name`` on a worker and return its answer, or raise the error it reports."""
-        token = uuid.uuid4().hex
-        key = self.store.reply_key(token)
-        self.celery.send_task(
-            name,
-            args=[payload, key],
-            queue=self.settings.interactive_queue,
-            expires=self.settings.reply_timeout_s,
-        )
-        reply = self.store.redis.blpop([key], timeout=self.settings.reply_timeout_s)
-        if reply is None:
-            raise Unavailable("no worker answered in time; retry shortly", retry_after=10)
-        message = json.loads(reply[1])
+    # ----------------------------------------------------------------- synchronous calls
+
+    @property
+    def replies(self) -> aioredis.Redis:
+        """The asyncio Redis client replies are awaited on (made in the serving loop)."""
+        if self._replies is None:
+            timeout = self.settings.redis_timeout_s
+            self._replies = aioredis.Redis.from_url(
+                self.settings.redis_url,
+                socket_timeout=LOOK_S + timeout,
+                socket_connect_timeout=timeout,
+            )
+        return self._replies
+
+    @asynccontextmanager
+    async def _slot(self, owner: str) -> AsyncIterator[None]:
+        settings = self.settings
+        if self.in_flight >= settings.max_calls_in_flight:
+            raise Unavailable("the workers are busy with other calls; retry shortly", 5)
+        if self.in_flight_by_key[owner] >= settings.max_calls_in_flight_per_key:
+            raise TooManyRequests(
+                f"{settings.max_calls_in_flight_per_key} calls of this key are already waiting "
+                "for a worker",
+                retry_after=5,
+            )
+        self.in_flight += 1
+        self.in_flight_by_key[owner] += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.in_flight_by_key[owner] -= 1
+            if not self.in_flight_by_key[owner]:
+                del self.in_flight_by_key[owner]
+
+    async def call(self, name: str, payload: dict[str, Any], owner: str = "") -> Any:
+        """Run ``name`` on an interactive worker and return its answer, or raise the error
+        it reports."""
+        async with self._slot(owner):
+            queue = self.settings.interactive_queue
+            live = await run_in_threadpool(self.store.live_workers, queue)
+            if not live:
+                raise Unavailable("no worker is answering calls right now; retry shortly", 10)
+            token = uuid.uuid4().hex
+            reply_key = self.store.reply_key(token)
+            await self._send(name, payload, reply_key)
+            message = await self._await_reply(token, name, payload, queue)
         if "ok" in message:
             return message["ok"]
         raise _error_from_reply(message["error"])
 
+    async def _send(self, name: str, payload: dict[str, Any], reply_key: str) -> None:
+        def send() -> None:
+            self.celery.send_task(
+                name,
+                args=[payload, reply_key],
+                queue=self.settings.interactive_queue,
+                expires=self.settings.reply_timeout_s,
+            )
+
+        await run_in_threadpool(send)
+
+    async def _await_reply(
+        self, token: str, name: str, payload: dict[str, Any], queue: str
+    ) -> dict[str, Any]:
+        reply_key = self.store.reply_key(token)
+        deadline = time.monotonic() + self.settings.reply_timeout_s
+        sends = 1
+        alone_since: float | None = None  # since when no worker has been alive
+        while time.monotonic() < deadline:
+            reply = await self.replies.blpop([reply_key], timeout=LOOK_S)
+            if reply is not None:
+                answer: dict[str, Any] = json.loads(reply[1])
+                return answer
+            taker = await self.replies.get(self.store.call_key(token))
+            live = await run_in_threadpool(self.store.live_workers, queue)
+            if live:
+                alone_since = None
+            elif alone_since is None:
+                alone_since = time.monotonic()
+            elif time.monotonic() - alone_since > self.settings.worker_presence_ttl_s:
+                raise Unavailable("the worker stopped answering; retry shortly", 10)
+            taken_by = taker.decode() if isinstance(taker, bytes) else taker
+            if taken_by is not None and live and taken_by not in live and sends < MAX_SENDS:
+                sends += 1  # the worker that took the call died: send it to a live one
+                await self.replies.delete(self.store.call_key(token))
+                await self._send(name, payload, reply_key)
+        raise Unavailable("no worker answered in time; retry shortly", retry_after=10)
+
+    async def close(self) -> None:
+        """Close the reply client."""
+        if self._replies is not None:
+            await self._replies.aclose()
+
 
 def _error_from_reply(error: dict[str, Any]) -> ServiceError:
     status = error.get("status")
+    detail = str(error.get("detail", "the worker could not answer"))
     if status == 422:
         return InvalidRequest([FieldError(e["field"], e["message"]) for e in error["errors"]])
     if status == 404:
-        return NotFound(error["detail"])
-    return Unavailable(error.get("detail", "the worker could not answer"))
+        return NotFound(detail)
+    if status == 500:
+        return DamagedResults(detail)
+    return Unavailable(detail)

@@ -19,10 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.core.errors import (
     FieldError,
+    InsufficientStorage,
     InvalidRequest,
     NotFound,
     RetryLater,
     ServiceError,
+    StorageError,
     Unauthorized,
     Unavailable,
 )
@@ -64,7 +66,10 @@ def response_for(exc: ServiceError) -> JSONResponse:
 
 
 def _field_of(location: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in location if p not in ("body", "query", "path")]
+    # A JSON syntax error's location is a byte offset, which names no field.
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    if location[:1] == ("body",) and all(isinstance(p, int) for p in location[1:]):
+        return "body"
     # Union branches add the branch type to the location; it means nothing to a client.
     parts = [p for p in parts if not p.startswith(("list[", "dict["))]
     return ".".join(parts) or "body"
@@ -109,7 +114,20 @@ def install(app: FastAPI) -> None:
         # A fit's files vanish when it is deleted or expires while a request reads them.
         return response_for(NotFound("the fit's results are not stored any more"))
 
+    @app.exception_handler(StorageError)
+    async def storage_failed(_: Request, exc: StorageError) -> JSONResponse:
+        log.warning("storage failed: %s", exc.detail)
+        if exc.full:
+            return response_for(InsufficientStorage(exc.detail, retry_after=60))
+        return response_for(Unavailable(exc.detail, retry_after=10))
+
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return problem(500, "Internal error", "an unexpected error occurred; it has been logged")
+        # Starlette closes the connection after an unhandled error: say so.
+        return problem(
+            500,
+            "Internal error",
+            "an unexpected error occurred; it has been logged",
+            headers={"Connection": "close"},
+        )

@@ -1,29 +1,32 @@
-"""Every URL of the API on one screen. Handlers are thin: validate, then store or dispatch."""
+"""Every URL of the API on one screen. Handlers are thin: validate, then store or dispatch.
+
+Handlers that wait on a worker are ``async``: they hold no thread while they wait (see
+``dispatch``); their Redis reads and validation run in the thread pool. Bodies are read by
+``bodies.read_model`` (streamed, bounded, off the event loop).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from service.api.bodies import DataLimits, body_schema, read_model
 from service.api.deps import Caller
 from service.api.security import CallerDep
+from service.api.submissions import count_call, submit_fit
 from service.core import tasks
 from service.core.csvdata import parse_csv
-from service.core.errors import InvalidRequest, NotFound, TooManyRequests
-from service.core.jobs import new_fit_id
+from service.core.errors import InvalidRequest, NotFound
 from service.core.schemas import (
     DEFAULT_PROB,
     Diagnostics,
     FitRequest,
     FitResource,
-    FitSpec,
     FitStatus,
     GroupEffects,
     GroupFactors,
@@ -42,11 +45,18 @@ router = APIRouter(prefix="/v1")
 
 ProbQuery = Annotated[float, Query(gt=0, lt=1, description="Interval probability.")]
 KindQuery = Annotated[IntervalKind, Query(description="hdi (highest density) or eti.")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=200, description="Same key, same fit: a retried POST is safe."),
+]
+REFUSED: dict[int | str, dict[str, Any]] = {
+    422: {"description": "The request was refused; nothing was queued."}
+}
 
 
-@router.get("/healthz", tags=["health"])
-def healthz() -> Health:
-    """Liveness: the API process answers."""
+@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"])
+async def healthz() -> Health:
+    """Liveness: the API process answers (never waits on Redis or a worker)."""
     return Health()
 
 
@@ -54,62 +64,24 @@ def healthz() -> Health:
     "/fits",
     status_code=status.HTTP_202_ACCEPTED,
     tags=["fits"],
-    responses={422: {"description": "The request was refused; nothing was queued."}},
+    responses=REFUSED,
+    openapi_extra=body_schema(FitRequest),
 )
-def create_fit(
-    request: FitRequest,
-    response: Response,
-    caller: CallerDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(max_length=200, description="Same key, same fit: a retried POST is safe."),
-    ] = None,
+async def create_fit(
+    request: Request, response: Response, caller: CallerDep, idempotency_key: IdempotencyKey = None
 ) -> FitResource:
     """Validate a model and queue it for fitting. Poll the ``Location`` for its status.
 
     A request with a fixed ``sampler.seed`` is content-addressed: the same request gives the
     same fit, sampled once. An ``Idempotency-Key`` header does the same for any request.
     """
-    services = caller.services
-    _admit(caller)  # before validation: refusing over quota is cheap
-    spec, _ = validate_fit_request(request, services.settings)
-    fit_id = _claim_id(caller, spec, request.sampler.seed is not None, idempotency_key)
-    record = services.store.get(fit_id)
-    if record is None:
-        services.artifacts.write_spec(fit_id, spec)
-        record = services.store.create(fit_id, spec, caller.owner)
-        if record.status is FitStatus.QUEUED and record.attempts == 0:
-            services.dispatcher.enqueue_fit(fit_id)
-    response.headers["Location"] = f"/v1/fits/{fit_id}"
+    fit_request = await read_model(request, FitRequest, DataLimits.for_fits(caller.settings))
+    record = await run_in_threadpool(submit_fit, caller, fit_request, idempotency_key)
+    response.headers["Location"] = f"/v1/fits/{record.id}"
     return _with_links(record)
 
 
-@router.delete(
-    "/fits/{fit_id}",
-    tags=["fits"],
-    responses={
-        202: {"description": "Cancelled (queued) or cancelling (running): poll the fit."},
-        204: {"description": "A finished fit and its files were deleted."},
-    },
-)
-def delete_fit(fit_id: str, caller: CallerDep) -> Response:
-    """Cancel a queued or running fit, or delete a finished one and its files."""
-    record = caller.fit(fit_id)
-    if record.status.is_final:
-        caller.services.store.delete(fit_id)
-        shutil.rmtree(caller.services.artifacts.fit_dir(fit_id), ignore_errors=True)
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
-    caller.services.store.request_cancel(fit_id)
-    body = _with_links(caller.fit(fit_id)).model_dump_json()
-    return Response(body, status_code=status.HTTP_202_ACCEPTED, media_type="application/json")
-
-
-@router.post(
-    "/fits/upload",
-    status_code=status.HTTP_202_ACCEPTED,
-    tags=["fits"],
-    responses={422: {"description": "The request was refused; nothing was queued."}},
-)
+@router.post("/fits/upload", status_code=status.HTTP_202_ACCEPTED, tags=["fits"], responses=REFUSED)
 async def create_fit_from_csv(
     response: Response,
     caller: CallerDep,
@@ -117,24 +89,13 @@ async def create_fit_from_csv(
     request: Annotated[
         str, Form(description="The rest of the fit request as JSON (formula, family...).")
     ],
+    idempotency_key: IdempotencyKey = None,
 ) -> FitResource:
     """Like ``POST /v1/fits``, with the data uploaded as a CSV file (multipart form)."""
-    payload = await file.read(caller.services.settings.max_upload_bytes + 1)
-    if len(payload) > caller.services.settings.max_upload_bytes:
-        raise InvalidRequest.one(
-            "file", f"the file is larger than {caller.services.settings.max_upload_bytes} bytes"
-        )
-    try:
-        fields = json.loads(request)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest.one("request", "is not valid JSON") from exc
-    if not isinstance(fields, dict) or "data" in fields:
-        raise InvalidRequest.one("request", "must be a JSON object without 'data'")
-    try:
-        fit_request = FitRequest.model_validate({**fields, "data": parse_csv(payload)})
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from exc
-    return await run_in_threadpool(create_fit, fit_request, response, caller)
+    fit_request = await run_in_threadpool(_csv_request, caller, file, request)
+    record = await run_in_threadpool(submit_fit, caller, fit_request, idempotency_key)
+    response.headers["Location"] = f"/v1/fits/{record.id}"
+    return _with_links(record)
 
 
 @router.get("/fits", tags=["fits"])
@@ -154,22 +115,41 @@ def get_fit(fit_id: str, caller: CallerDep) -> FitResource:
     return _with_links(caller.fit(fit_id))
 
 
+@router.delete(
+    "/fits/{fit_id}",
+    tags=["fits"],
+    responses={
+        202: {"description": "Cancelled (queued) or cancelling (running): poll the fit."},
+        204: {"description": "A finished fit and its files were deleted."},
+    },
+)
+def delete_fit(fit_id: str, caller: CallerDep) -> Response:
+    """Cancel a queued or running fit, or delete a finished one and its files."""
+    store = caller.services.store
+    # Atomic against the run's finish: a fit that is still running ends cancelled.
+    in_progress = (FitStatus.RUNNING, FitStatus.CANCELLED)
+    if not caller.fit(fit_id).status.is_final and store.request_cancel(fit_id) in in_progress:
+        body = _with_links(caller.fit(fit_id)).model_dump_json()
+        return Response(body, status_code=202, media_type="application/json")
+    # Finished (possibly just now, before the cancel): delete its files, then its record.
+    caller.services.artifacts.delete(fit_id)
+    store.delete(fit_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.get("/fits/{fit_id}/summary", tags=["results"])
-def get_summary(
-    fit_id: str,
-    caller: CallerDep,
-    prob: ProbQuery = DEFAULT_PROB,
-    interval: KindQuery = "hdi",
+async def get_summary(
+    fit_id: str, caller: CallerDep, prob: ProbQuery = DEFAULT_PROB, interval: KindQuery = "hdi"
 ) -> Summary:
     """Posterior mean, sd, interval and MCSE of every parameter."""
-    body = _results(caller, fit_id, "summary", interval, prob)
+    body = await _results(caller, fit_id, "summary", interval, prob)
     return Summary.model_validate(body)
 
 
 @router.get("/fits/{fit_id}/groups", tags=["results"])
-def list_groups(fit_id: str, caller: CallerDep) -> GroupFactors:
+async def list_groups(fit_id: str, caller: CallerDep) -> GroupFactors:
     """The grouping factors of a fit, with their level counts and terms."""
-    groups = _results(caller, fit_id, "groups", "hdi", DEFAULT_PROB)
+    groups = await _results(caller, fit_id, "groups", "hdi", DEFAULT_PROB)
     factors = [
         GroupInfo(
             factor=name,
@@ -182,7 +162,7 @@ def list_groups(fit_id: str, caller: CallerDep) -> GroupFactors:
 
 
 @router.get("/fits/{fit_id}/groups/{factor}", tags=["results"])
-def get_groups(
+async def get_groups(
     fit_id: str,
     factor: str,
     caller: CallerDep,
@@ -190,7 +170,7 @@ def get_groups(
     interval: KindQuery = "hdi",
 ) -> GroupEffects:
     """Each level of a grouping factor: its partially pooled effect (ranef) and total (coef)."""
-    groups = _results(caller, fit_id, "groups", interval, prob)
+    groups = await _results(caller, fit_id, "groups", interval, prob)
     if factor not in groups:
         raise NotFound(f"the model has no grouping factor '{factor[:60]}'; it has {sorted(groups)}")
     return GroupEffects.model_validate(groups[factor])
@@ -212,73 +192,103 @@ def get_priors(fit_id: str, caller: CallerDep) -> Priors:
     return Priors.model_validate(caller.services.artifacts.read_json(fit_id, "priors.json"))
 
 
-@router.post("/fits/{fit_id}/predictions", tags=["results"])
-def predict(fit_id: str, request: PredictionRequest, caller: CallerDep) -> Predictions:
+@router.post(
+    "/fits/{fit_id}/predictions", tags=["results"], openapi_extra=body_schema(PredictionRequest)
+)
+async def predict(fit_id: str, request: Request, caller: CallerDep) -> Predictions:
     """Predict new rows, for groups seen in training or new ones."""
-    caller.succeeded(fit_id)
-    spec = caller.services.artifacts.read_spec(fit_id)
-    columns = validate_prediction_data(request.data, spec, caller.services.settings)
-    payload = {
-        "fit_id": fit_id,
-        "columns": columns,
-        **request.model_dump(exclude={"data"}),
-    }
-    return Predictions.model_validate(caller.services.dispatcher.call(tasks.PREDICT, payload))
+    limits = DataLimits.for_predictions(caller.settings)
+    prediction = await read_model(request, PredictionRequest, limits)
+    payload = await run_in_threadpool(_prediction_payload, caller, fit_id, prediction)
+    answer = await caller.services.dispatcher.call(tasks.PREDICT, payload, caller.owner)
+    return Predictions.model_validate(answer)
 
 
 @router.post(
     "/models/validate",
     tags=["models"],
     responses={422: {"description": "The model was refused; the problem names the field."}},
+    openapi_extra=body_schema(FitRequest),
 )
-def validate_model(request: FitRequest, caller: CallerDep) -> ModelDescription:
+async def validate_model(request: Request, caller: CallerDep) -> ModelDescription:
     """Dry run: check a fit request and describe the model (terms, groups, parameters,
     priors) without sampling."""
-    spec, _ = validate_fit_request(request, caller.services.settings)
-    body = caller.services.dispatcher.call(tasks.DESCRIBE, {"spec": spec.model_dump(mode="json")})
-    return ModelDescription.model_validate(body)
+    fit_request = await read_model(request, FitRequest, DataLimits.for_fits(caller.settings))
+
+    def validated() -> dict[str, Any]:
+        spec, _ = validate_fit_request(fit_request, caller.settings)
+        count_call(caller)
+        return {"spec": spec.model_dump(mode="json")}
+
+    payload = await run_in_threadpool(validated)
+    answer = await caller.services.dispatcher.call(tasks.DESCRIBE, payload, caller.owner)
+    return ModelDescription.model_validate(answer)
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-def _results(caller: Caller, fit_id: str, what: str, interval: IntervalKind, prob: float) -> Any:
+async def _results(
+    caller: Caller, fit_id: str, what: str, interval: IntervalKind, prob: float
+) -> Any:
     """Stored results at the default interval; other intervals are computed by a worker."""
-    caller.succeeded(fit_id)
     if interval == "hdi" and prob == DEFAULT_PROB:
-        return caller.services.artifacts.read_json(fit_id, f"{what}.json")
-    payload = {"fit_id": fit_id, "what": what, "interval": interval, "prob": prob}
-    return caller.services.dispatcher.call(tasks.RESULTS, payload)
+
+        def stored() -> Any:
+            caller.succeeded(fit_id)
+            return caller.services.artifacts.read_json(fit_id, f"{what}.json")
+
+        return await run_in_threadpool(stored)
+
+    def payload() -> dict[str, Any]:
+        record = caller.succeeded(fit_id)
+        count_call(caller)
+        return {
+            "fit_id": fit_id,
+            "revision": record.created_at.isoformat(),
+            "what": what,
+            "interval": interval,
+            "prob": prob,
+        }
+
+    call = await run_in_threadpool(payload)
+    return await caller.services.dispatcher.call(tasks.RESULTS, call, caller.owner)
 
 
-def _admit(caller: Caller) -> None:
-    """The key's quotas: fits in progress, and submissions a minute (429 beyond)."""
-    store, settings = caller.services.store, caller.services.settings
-    limit = settings.max_active_fits_per_key
-    if store.active_count(caller.owner) >= limit:
-        raise TooManyRequests(f"{limit} fits are already queued or running", retry_after=30)
-    count, reset_s = store.count_submission(caller.owner)
-    if count > settings.submissions_per_minute:
-        raise TooManyRequests(
-            f"over {settings.submissions_per_minute} submissions a minute", retry_after=reset_s
-        )
+def _prediction_payload(caller: Caller, fit_id: str, request: PredictionRequest) -> dict[str, Any]:
+    record = caller.succeeded(fit_id)
+    spec = caller.services.artifacts.read_spec(fit_id)
+    columns = validate_prediction_data(request.data, spec, caller.settings)
+    count_call(caller)
+    return {
+        "fit_id": fit_id,
+        "revision": record.created_at.isoformat(),
+        "columns": columns,
+        **request.model_dump(exclude={"data"}),
+    }
 
 
-def _claim_id(caller: Caller, spec: FitSpec, seeded: bool, idempotency_key: str | None) -> str:
-    """The fit's id: the one already recorded for the same Idempotency-Key or the same
-    seeded request by this key, or a new one."""
-    store, ttl = caller.services.store, caller.services.settings.retention_s
-    fit_id = new_fit_id()
-    if idempotency_key is not None:
-        return store.claim(f"{caller.owner}:key:{_digest(idempotency_key)}", fit_id, ttl)
-    if seeded:
-        content = _digest(spec.model_dump_json())
-        return store.claim(f"{caller.owner}:content:{content}", fit_id, ttl)
-    return fit_id
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def _csv_request(caller: Caller, file: UploadFile, request: str) -> FitRequest:
+    """The fit request of a CSV upload: the form's JSON fields and the file's columns."""
+    try:
+        fields = json.loads(request)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest.one("request", "is not valid JSON") from exc
+    if not isinstance(fields, dict) or "data" in fields:
+        raise InvalidRequest.one("request", "must be a JSON object without 'data'")
+    settings = caller.settings
+    file.file.seek(0)
+    columns = parse_csv(
+        file.file,
+        max_rows=settings.max_rows,
+        max_columns=settings.max_columns,
+        max_cells=settings.max_cells,
+        max_cell_chars=settings.max_text_chars,
+    )
+    try:
+        return FitRequest.model_validate({**fields, "data": columns})
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
 
 
 def _with_links(record: FitResource) -> FitResource:
