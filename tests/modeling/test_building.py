@@ -60,3 +60,42 @@ def test_dense_matrices_become_the_same_sparse_matrices() -> None:
         assert isinstance(converted, sparse.csr_matrix)
         assert converted.nnz == np.count_nonzero(dense)
         np.testing.assert_array_equal(converted.toarray(), dense)
+
+
+def test_formula_calls_resolve_to_their_functions_whatever_the_worker_defines() -> None:
+    import worker.modeling.building as building
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=40)
+    w = rng.uniform(0.5, 3.0, size=40)
+    columns = {"y": rng.normal(size=40).tolist(), "x": x.tolist(), "w": w.tolist()}
+    expected = {
+        "log(w)": np.log(w),
+        "log2(w)": np.log2(w),
+        "log10(w)": np.log10(w),
+        "exp(x)": np.exp(x),
+        "sqrt(w)": np.sqrt(w),
+        "abs(x)": np.abs(x),
+        "I(x ** 2)": x**2,
+        "center(x)": x - x.mean(),
+    }
+    formula = "y ~ " + " + ".join(expected)
+    sampler = SAMPLER
+    # names the worker's own modules might define must not shadow a formula's functions
+    shadows = {name.split("(")[0] for name in expected}
+    saved = {name: getattr(building, name) for name in shadows if hasattr(building, name)}
+    for name in shadows:
+        setattr(building, name, "not a function")
+    try:
+        model = build_model(
+            FitSpec(formula=formula, family="gaussian", link="identity", columns=columns,
+                    sampler=sampler)
+        )  # fmt: skip
+    finally:
+        for name in shadows:
+            delattr(building, name)
+        for name, value in saved.items():
+            setattr(building, name, value)
+    design = model.components["mu"].design.common
+    for term, values in expected.items():
+        np.testing.assert_allclose(np.asarray(design[term]).ravel(), values, rtol=1e-12)

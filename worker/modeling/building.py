@@ -25,6 +25,22 @@ log = logging.getLogger(__name__)
 EXTRA_NAMESPACE = {"sqrt": np.sqrt}
 
 
+def _clean_caller() -> Any:
+    """A function that calls its first argument from a frame with empty namespaces.
+
+    formulae looks a formula's names up in the locals and globals of the frame that called
+    ``bmb.Model`` before Bambi's namespace (``log``, ``exp``...) and ``EXTRA_NAMESPACE``: a
+    module-level ``log`` logger here once made ``log(w)`` call the logger. Called from this
+    frame, only those namespaces resolve a formula's calls.
+    """
+    namespace: dict[str, Any] = {"__builtins__": {}}
+    exec("def call(target, *args, **kwargs):\n    return target(*args, **kwargs)\n", namespace)
+    return namespace["call"]
+
+
+in_a_clean_frame = _clean_caller()
+
+
 def frame(columns: dict[str, list[Scalar]], spec: FitSpec | None = None) -> pd.DataFrame:
     """The data as a DataFrame; columns the spec declares categorical become categoricals."""
     data = pd.DataFrame(columns)
@@ -68,7 +84,8 @@ def build_model(spec: FitSpec) -> bmb.Model:
         extra.append(formula)
     try:
         with one_byte_indicators():
-            model = bmb.Model(
+            model = in_a_clean_frame(
+                bmb.Model,
                 bmb.Formula(spec.formula, *extra),
                 frame(spec.columns, spec),
                 family=spec.family,
