@@ -33,6 +33,7 @@ import time
 import uuid
 from importlib.metadata import version
 from types import TracebackType
+from typing import Any
 
 import psutil
 
@@ -58,6 +59,9 @@ CANCEL_LOOK_S = 0.5
 STOP_GRACE_S = 1.0
 #: The same while sampling, which stops by itself within half a second.
 SAMPLING_GRACE_S = 5.0
+#: Seconds to wait before each new try when results cannot be written (a disk full for a
+#: moment); then the fit fails with reason ``storage_error``.
+STORAGE_RETRIES_S = (1.0, 3.0)
 #: Exit status of a pool process the watchdog ended.
 HARD_STOP_EXIT = 70
 
@@ -280,9 +284,22 @@ class FitRun:
             "timings": timings.model_dump(),
             "versions": versions,
         }
-        write_results(ctx.artifacts, fit_id, files, manifest)
+        self._store(files, manifest)
         self._start_finishing()
         self.end(FitStatus.SUCCEEDED, timings=timings, versions=versions)
+
+    def _store(self, files: dict[str, bytes | memoryview], manifest: dict[str, Any]) -> None:
+        """Write the results; a failing disk gets ``STORAGE_RETRIES_S`` more chances."""
+        for wait in (*STORAGE_RETRIES_S, None):
+            try:
+                write_results(self.ctx.artifacts, self.fit_id, files, manifest)
+                return
+            except StorageError:
+                if wait is None:
+                    raise
+                log.warning("fit %s: storing failed; trying again in %s s", self.fit_id, wait)
+                self.checkpoint()
+                time.sleep(wait)
 
     def _spec(self) -> FitSpec:
         try:

@@ -343,3 +343,113 @@ def test_deleting_a_queued_fit_cancels_it_and_deleting_again_removes_it(
     assert client.delete(location).status_code == 204
     assert client.get(location).status_code == 404
     assert not (tmp_path / "fits" / fit_id).exists()
+
+
+def test_health_answers_head_requests_too(client: TestClient) -> None:
+    assert client.head("/v1/healthz").status_code == 200
+
+
+def test_a_key_reused_with_another_request_is_refused(
+    client: TestClient, dispatcher: RecordingDispatcher
+) -> None:
+    headers = {"Idempotency-Key": "order-7"}
+    first = client.post("/v1/fits", json=body(), headers=headers)
+    other = client.post("/v1/fits", json=body(formula="score ~ 1"), headers=headers)
+    assert first.status_code == 202
+    assert other.status_code == 422
+    assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert len(dispatcher.fits) == 1
+
+
+def test_a_csv_upload_honours_its_idempotency_key(
+    client: TestClient, dispatcher: RecordingDispatcher
+) -> None:
+    def upload() -> Any:
+        return client.post(
+            "/v1/fits/upload",
+            files={"file": ("s.csv", "school,score\n1,1.0\n1,2.0\n2,3.5\n", "text/csv")},
+            data={"request": json.dumps({"formula": "score ~ (1 | school)"})},
+            headers={"Idempotency-Key": "upload-1"},
+        )
+
+    first, second = upload(), upload()
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    assert len(dispatcher.fits) == 1
+
+
+def test_a_deleted_fits_key_makes_a_new_fit_with_a_new_id(
+    client: TestClient, dispatcher: RecordingDispatcher
+) -> None:
+    headers = {"Idempotency-Key": "k-123"}
+    first = client.post("/v1/fits", json=body(), headers=headers).json()["id"]
+    client.delete(f"/v1/fits/{first}")  # queued: cancelled
+    client.delete(f"/v1/fits/{first}")  # finished: deleted
+    second = client.post("/v1/fits", json=body(formula="score ~ 1"), headers=headers)
+    assert second.status_code == 202
+    assert second.json()["id"] != first
+    assert second.json()["formula"] == "score ~ 1"
+    assert client.get(f"/v1/fits/{first}").status_code == 404
+    assert dispatcher.fits == [first, second.json()["id"]]
+
+
+def test_refused_requests_do_not_count_against_the_submission_quota(tmp_path: Path) -> None:
+    url = redis_url(14)
+    clean_redis(url)
+    app = create_app(Settings(redis_url=url, data_dir=tmp_path, submissions_per_minute=2))
+    app.state.services.dispatcher = RecordingDispatcher()
+    with TestClient(app) as limited:
+        for _ in range(10):
+            assert limited.post("/v1/fits", json=body(formula="nope ~ 1")).status_code == 422
+        seeded = body(sampler={"seed": 1})
+        answers = [limited.post("/v1/fits", json=seeded).status_code for _ in range(3)]
+        assert answers == [202, 202, 202]  # a repeat answers with its fit and costs nothing
+        assert limited.post("/v1/fits", json=body()).status_code == 202
+        over = limited.post("/v1/fits", json=body())
+        assert over.status_code == 429
+        assert "fits a minute" in over.json()["detail"]
+
+
+class AnsweringDispatcher(RecordingDispatcher):
+    """Answers dry runs as a worker would."""
+
+    async def call(self, name: str, payload: dict[str, Any], owner: str = "") -> Any:
+        return {
+            "formula": "score ~ (1 | school)",
+            "family": "gaussian",
+            "n_obs": 5,
+            "n_dropped": 0,
+            "n_parameters": 5,
+            "groups": [],
+            "priors": [],
+        }
+
+
+def test_calls_that_need_a_worker_have_their_own_quota(tmp_path: Path) -> None:
+    url = redis_url(14)
+    clean_redis(url)
+    app = create_app(Settings(redis_url=url, data_dir=tmp_path, calls_per_minute=2))
+    app.state.services.dispatcher = AnsweringDispatcher()
+    with TestClient(app) as limited:
+        answers = [limited.post("/v1/models/validate", json=body()) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[-1].headers["retry-after"]
+        assert limited.post("/v1/fits", json=body()).status_code == 202  # fits: their own
+
+
+def test_a_full_or_broken_data_folder_answers_503_or_507_and_records_nothing(
+    tmp_path: Path, dispatcher: RecordingDispatcher
+) -> None:
+    url = redis_url(14)
+    redis = clean_redis(url)
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    app = create_app(Settings(redis_url=url, data_dir=blocked))
+    app.state.services.dispatcher = dispatcher
+    with TestClient(app) as broken:
+        response = broken.post("/v1/fits", json=body())
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert "could not be stored" in response.json()["detail"]
+    assert dispatcher.fits == []
+    assert not redis.keys("hbm:fit:*")

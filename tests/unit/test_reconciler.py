@@ -3,6 +3,7 @@ and sweeps fits past their retention (real Redis, a recording enqueue)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -112,3 +113,41 @@ def test_active_states_read_every_active_fit_in_one_pass(redis: Redis) -> None:
     assert (states[running].status, states[running].lock_held) == (FitStatus.RUNNING, True)
     assert states[gone].status is None
     assert before - 1 <= states[queued].created_at <= time.time() + 1
+
+
+def test_a_running_fit_is_requeued_only_once_its_lock_stayed_missing_for_the_grace(
+    redis: Redis, tmp_path: Path
+) -> None:
+    store = JobStore(redis)
+    fit_id = new_fit_id()
+    store.create(fit_id, spec())
+    store.start_attempt(fit_id)
+    sent: list[str] = []
+
+    def reconcile(now: float) -> None:
+        reconcile_once(
+            store, Artifacts(tmp_path), sent.append, queue=QUEUE, retention_s=3600,
+            grace_s=5, now=now,
+        )  # fmt: skip
+
+    reconcile(time.time())
+    assert sent == [] and store.status(fit_id) is FitStatus.RUNNING
+    reconcile(time.time() + 6)
+    assert sent == [fit_id] and store.status(fit_id) is FitStatus.QUEUED
+
+
+def test_fit_folders_without_a_record_are_swept_once_old(redis: Redis, tmp_path: Path) -> None:
+    store, artifacts = JobStore(redis), Artifacts(tmp_path)
+    recorded, orphan, young = new_fit_id(), new_fit_id(), new_fit_id()
+    store.create(recorded, spec())
+    for fit_id in (recorded, orphan, young):
+        artifacts.write_spec(fit_id, spec())
+    old = time.time() - 3600
+    for fit_id in (recorded, orphan):
+        os.utime(artifacts.fit_dir(fit_id), (old, old))
+    outcome = reconcile_once(
+        store, artifacts, lambda _: None, queue=QUEUE, retention_s=3600, sweep_folders=True
+    )
+    assert outcome.swept == [orphan]
+    assert artifacts.fit_dir(recorded).exists() and artifacts.fit_dir(young).exists()
+    assert not artifacts.fit_dir(orphan).exists()

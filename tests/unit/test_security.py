@@ -112,3 +112,21 @@ def test_a_key_with_too_many_fits_in_progress_gets_429(tmp_path: Path) -> None:
         assert "already queued or running" in refused.json()["detail"]
         assert busy.delete(first).json()["status"] == "cancelled"  # frees a place
         assert busy.post("/v1/fits", json=body()).status_code == 202
+
+
+def test_a_body_is_not_read_before_the_key_is_checked(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.api.bodies
+
+    def never(*_: Any) -> Any:
+        raise AssertionError("the body was parsed before the key was checked")
+
+    monkeypatch.setattr(service.api.bodies, "parse_body", never)
+    big = b'{"data": {"y": [' + b"1.0," * 200_000 + b'1.0]}, "formula": "y ~ 1"}'
+    for headers in ({}, {"X-API-Key": "guess"}):
+        response = client.post(
+            "/v1/fits", content=big, headers={"content-type": "application/json", **headers}
+        )
+        assert response.status_code == 401
+        assert response.headers["connection"] == "close"
