@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from redis import Redis
 
 from tests.conftest import ROOT, clean_redis, redis_url
 
@@ -63,13 +64,25 @@ class Deployment:
             process.kill()
             process.wait()
 
-    def start_fits_worker(self) -> subprocess.Popen[bytes]:
-        """(Re)start the fit worker and wait until its pool process is up."""
-        process = self.start("worker-fits", "worker", "fits")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not pool_children(process.pid):
+    def start_fits_worker(self, name: str = "worker-fits") -> subprocess.Popen[bytes]:
+        """(Re)start a fit worker and wait until it consumes its queue."""
+        return self.start_worker(name, "fits")
+
+    def start_worker(self, name: str, role: str) -> subprocess.Popen[bytes]:
+        """Start ``python -m worker <role>`` and wait until it announces itself in Redis
+        (after its warm-up, once it consumes its queue)."""
+        process = self.start(name, "worker", role)
+        redis = Redis.from_url(self.env["REDIS_URL"])
+        queue = {"fits": "hbm.fits", "interactive": "hbm.interactive"}[role]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            live = redis.zrangebyscore(f"hbm:workers:{queue}", time.time(), "+inf")
+            if any(member.decode().endswith(f":{process.pid}") for member in live):
+                return process
+            if process.poll() is not None:
+                break
             time.sleep(0.2)
-        return process
+        raise RuntimeError(f"{name} did not start: see {self.logs / name}.log")
 
 
 def pool_children(pid: int) -> list[psutil.Process]:
@@ -91,15 +104,21 @@ def deploy(folder: Path, url: str, **settings: str) -> Deployment:
         PORT=str(port),
         HOST="127.0.0.1",
         LOG_LEVEL="warning",
-        # Fault tests want a lost worker noticed in seconds, not the production 30 s.
+        # Fault tests want a lost worker, a hung Redis or a slow client noticed in
+        # seconds, not after the production timeouts.
         HBM_LOCK_TTL_S="3",
+        HBM_LOCK_GRACE_S="2",
         HBM_RECONCILE_INTERVAL_S="1",
+        HBM_REDIS_TIMEOUT_S="1",
+        HBM_WORKER_PRESENCE_TTL_S="3",
+        HBM_HEADER_TIMEOUT_S="3",
+        HBM_BODY_TIMEOUT_S="6",
         **settings,
     )
     env.pop("HBM_REDIS_URL", None)
     running = Deployment(f"http://127.0.0.1:{port}", env, folder, {})
     running.start_fits_worker()
-    running.start("worker-interactive", "worker", "interactive")
+    running.start_worker("worker-interactive", "interactive")
     running.start("api", "service")
     _wait_for_health(running)
     return running

@@ -178,11 +178,8 @@ def test_a_second_delivery_of_a_running_fit_does_not_start_a_second_run(
     from celery import Celery
     from redis import Redis
 
-    second = deployment.start("worker-fits-2", "worker", "fits")
+    deployment.start_fits_worker("worker-fits-2")
     try:
-        while not pool_children(second.pid):
-            time.sleep(0.2)
-        time.sleep(3)  # let the second worker start consuming
         location = submit(client, seed_records, seed=85)
         wait_for_status(client, location, running(1))
         fit_id = location.rsplit("/", 1)[1]

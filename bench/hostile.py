@@ -1,0 +1,275 @@
+"""Hostile clients against the real service: issue 11's items 8-13 replayed at once.
+
+``python -m bench.hostile`` starts the API and workers (as ``make run`` does, with API keys
+configured), fits the seed study once with 40,000 draws, then runs these clients together:
+
+- ``csv``: a 48 MiB CSV upload (5 million rows, far over the row limit);
+- ``no-key``: 40 MiB JSON bodies sent without an API key;
+- ``empty-objects``: a 60 MiB body of empty records, with the key;
+- ``predictions``: 55 concurrent predictions of 600 rows at 40,000 draws, then one of
+  2,000 rows and one of 100,000 rows;
+- ``categorical``: a dry run and a fit of ``y ~ s`` with 6,000 distinct levels of ``s``;
+- ``slow``: 1,000 connections that send part of their headers, and 100 that send part of
+  a body, then nothing.
+
+Meanwhile a prober asks ``GET /v1/healthz`` every 20 ms and a sampler reads the RSS of the
+API process and of both workers (main and pool processes) every 100 ms. It reports every
+request's answer (status codes, or the transport error), health latency (max, p99, how
+many over 100 ms), and the peak RSS of each process; JSON goes to
+``bench/results/hostile-<UTC time>.json``. Targets: health within 100 ms throughout, API
+under 400 MiB, workers under 1.5 GiB, every request answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from bench.load import percentile
+from bench.seed import FORMULA, load_records
+from bench.service_run import Deployment, deployment, wait_until_ready
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KEY = "bench-hostile-key"
+HEADERS = {"X-API-Key": KEY}
+
+
+class Sampler:
+    """Peak RSS of the deployment's processes (with their children), every 100 ms."""
+
+    def __init__(self, running: Deployment) -> None:
+        self.running = running
+        self.peaks: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            for name, process in self.running.processes.items():
+                try:
+                    root = psutil.Process(process.pid)
+                    members = [root, *root.children(recursive=True)]
+                    mb = max(m.memory_info().rss for m in members) / 2**20
+                except psutil.Error:
+                    continue
+                self.peaks[name] = max(self.peaks[name], round(mb))
+
+    @contextmanager
+    def running_(self) -> Iterator[Sampler]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+class Prober:
+    """``GET /v1/healthz`` every 20 ms; its latencies in seconds."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+            while not self._stop.wait(0.02):
+                asked = time.perf_counter()
+                try:
+                    ok = client.get("/v1/healthz").status_code == 200
+                except httpx.TransportError as exc:
+                    self.failures.append(type(exc).__name__)
+                    continue
+                self.latencies.append(time.perf_counter() - asked)
+                if not ok:
+                    self.failures.append("status")
+
+    @contextmanager
+    def running(self) -> Iterator[Prober]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def answered(call: Callable[[], httpx.Response]) -> str:
+    """The status code of a call, or the name of the transport error it ended with."""
+    try:
+        return str(call().status_code)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+def csv_upload(client: httpx.Client) -> list[str]:
+    rows = b"".join(b"%d,%d.5\n" % (i % 977, i % 13) for i in range(5_000_000))
+    return [
+        answered(
+            lambda: client.post(
+                "/v1/fits/upload",
+                files={"file": ("big.csv", b"school,score\n" + rows, "text/csv")},
+                data={"request": json.dumps({"formula": FORMULA})},
+                headers=HEADERS,
+            )
+        )
+    ]
+
+
+def no_key_bodies(client: httpx.Client) -> list[str]:
+    body = b'{"formula": "y ~ x", "data": [' + b",".join([b'{"x": 1.5, "y": 2}'] * 2_200_000)
+    body += b"]}"  # about 40 MiB
+    headers = {"content-type": "application/json"}
+    return [answered(lambda: client.post("/v1/fits", content=body, headers=headers))] * 3
+
+
+def empty_objects(client: httpx.Client) -> list[str]:
+    body = b'{"formula": "y ~ x", "data": [' + b",".join([b"{}"] * 20_000_000) + b"]}"
+    headers = {"content-type": "application/json", **HEADERS}
+    return [answered(lambda: client.post("/v1/fits", content=body, headers=headers))]
+
+
+def predictions(client: httpx.Client, location: str) -> list[str]:
+    schools = [1 + i % 25 for i in range(600)]
+
+    def one(_: int) -> str:
+        return answered(
+            lambda: client.post(
+                location + "/predictions", json={"data": {"school": schools}}, headers=HEADERS
+            )
+        )
+
+    with ThreadPoolExecutor(max_workers=55) as pool:
+        codes = list(pool.map(one, range(55)))
+    for rows in (2_000, 100_000):
+        data = {"data": {"school": [1 + i % 30 for i in range(rows)]}}
+        codes.append(
+            answered(lambda d=data: client.post(location + "/predictions", json=d, headers=HEADERS))
+        )
+    return codes
+
+
+def categorical(client: httpx.Client) -> list[str]:
+    n = 12_000
+    data = {"y": [float(i % 7) for i in range(n)], "s": [f"level-{i % 6000}" for i in range(n)]}
+    body = {"data": data, "formula": "y ~ s"}
+    return [
+        answered(lambda: client.post("/v1/models/validate", json=body, headers=HEADERS)),
+        answered(lambda: client.post("/v1/fits", json=body, headers=HEADERS)),
+    ]
+
+
+def slow_clients(base_url: str) -> list[str]:
+    port = int(base_url.rsplit(":", 1)[1])
+    partial_head = b"POST /v1/fits HTTP/1.1\r\nHost: x\r\nContent-Len"
+    partial_body = (
+        b"POST /v1/fits HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-API-Key: {KEY}\r\nContent-Length: 5000\r\n\r\n".encode()
+        + b'{"formula": '
+    )
+    sockets = []
+    for i in range(1_100):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(partial_head if i < 1_000 else partial_body)
+        sockets.append(sock)
+    outcomes = []
+    for sock in sockets:
+        sock.settimeout(90)
+        received = b""
+        try:
+            while chunk := sock.recv(4096):
+                received += chunk
+            outcomes.append(received.split(b" ", 2)[1].decode() if received else "closed")
+        except TimeoutError:
+            outcomes.append("still-open")
+        finally:
+            sock.close()
+    return outcomes
+
+
+def seed_fit(client: httpx.Client) -> str:
+    body = {
+        "data": load_records(),
+        "formula": FORMULA,
+        "sampler": {"draws": 10_000, "tune": 500, "chains": 4, "seed": 1},
+    }
+    response = client.post("/v1/fits", json=body, headers=HEADERS)
+    response.raise_for_status()
+    location: str = response.headers["location"]
+    while client.get(location, headers=HEADERS).json()["status"] not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        time.sleep(0.2)
+    return location
+
+
+def run() -> dict[str, Any]:
+    """Start the service, replay the hostile clients, report."""
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    with deployment({"HBM_API_KEY_HASHES": json.dumps([digest])}) as running:
+        wait_until_ready(running)
+        with httpx.Client(base_url=running.base_url, timeout=300) as client:
+            location = seed_fit(client)
+            client.post(location + "/predictions", json={"data": {"school": [1]}}, headers=HEADERS)
+            sampler = Sampler(running)
+            prober = Prober(running.base_url)
+            started = time.perf_counter()
+            with sampler.running_(), prober.running():
+                jobs: dict[str, Callable[[], list[str]]] = {
+                    "csv": lambda: csv_upload(client),
+                    "no-key": lambda: no_key_bodies(client),
+                    "empty-objects": lambda: empty_objects(client),
+                    "predictions": lambda: predictions(client, location),
+                    "categorical": lambda: categorical(client),
+                    "slow": lambda: slow_clients(running.base_url),
+                }
+                with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+                    futures = {name: pool.submit(job) for name, job in jobs.items()}
+                    outcomes = {name: dict(Counter(f.result())) for name, f in futures.items()}
+            seconds = time.perf_counter() - started
+    latencies = prober.latencies
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "answers": outcomes,
+        "health": {
+            "probes": len(latencies),
+            "max_ms": round(1000 * max(latencies), 1),
+            "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+            "p50_ms": round(1000 * percentile(latencies, 0.5), 1),
+            "over_100_ms": sum(v > 0.1 for v in latencies),
+            "failures": prober.failures,
+        },
+        "peak_rss_mb": dict(sampler.peaks),
+    }
+
+
+def main() -> None:
+    """Run and write the results."""
+    result = run()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (RESULTS / f"hostile-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
