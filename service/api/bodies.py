@@ -147,6 +147,8 @@ class _Parser:
         while True:
             event, key = self.next()
             if event == "end_map":
+                if next(self.events, None) is not None:  # reads to the end: trailing text
+                    raise InvalidRequest.one("body", "holds more than one JSON value")
                 return result
             self.text(key, "body")
             if key in result:
