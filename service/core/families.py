@@ -47,6 +47,14 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+#: Parameter names of every family (main and auxiliary), with the thresholds of the ordinal
+#: family that the service leaves to Bambi's default prior: Bambi names a PyMC variable after
+#: each, so none may be a column name the model uses.
+PARAMETER_NAMES = frozenset(
+    {name for f in FAMILIES.values() for name in (f.parent, *f.auxiliary)} | {"threshold"}
+)
+
+
 def family(name: str) -> Family:
     """The family called ``name``, or a 422 naming the supported ones."""
     if name not in FAMILIES:

@@ -9,23 +9,51 @@ first token it does not expect. So before Bambi sees a formula, the service:
 2. scans and parses it with formulae's own scanner and parser, which evaluate nothing;
 3. requires that the parser consumed every token;
 4. walks the tree: calls must be undotted names on an allow-list with arithmetic arguments,
-   every name must be an exact column of the data, powers are small integers, and the tree
-   has a bounded number of nodes.
+   every name must be an exact column of the data, powers are small integers, the
+   arithmetic inside a call is a polynomial of degree at most ``MAX_DEGREE`` (formulae
+   reads ``x**3**3`` as ``(x**3)**3``, so each power being small is not enough), the
+   response is not also a predictor, and the tree has a bounded number of nodes.
 
 The API checks every formula before anything is queued; the worker checks it again before
 Bambi sees it. Error messages are the service's own and name the offending piece.
+
+Column names. Bambi names a model's PyMC variables, dimensions and coordinates after its
+terms, and ArviZ adds its own; a column whose name is one of those names silently merges two
+terms or breaks the model later (measured with Bambi 0.21, see
+``tests/modeling/test_name_collisions.py``). ``check_names`` refuses, for every column a
+model uses (response and distributional formulas included), a name that:
+
+- is reserved: ``Intercept``, ArviZ's ``chain`` and ``draw``, and the parameter names of
+  every family (``families.PARAMETER_NAMES``: mu, p, sigma, nu, alpha, kappa, threshold);
+  ``Intercept`` merges with the intercept, ``chain``/``draw`` clash with the draws' dimensions,
+  a parameter name clashes with that parameter;
+- holds a character of the formula language (``~ + * : ( ) [ ] { } / ^ , = ` |``): a
+  backquoted ``1|g``, ``x:s`` or ``I(x)`` is the name of the term ``(1|g)``, ``x:s`` or
+  ``I(x)`` and merges with it; every name Bambi derives for group terms (``1|g_sigma``,
+  ``1|g_offset``...) holds ``|``, so this also rules out the ``_sigma``/``_offset`` clashes;
+- reads as a number: a column ``1`` in ``(`1`|g)`` is the term ``1|g``;
+- begins or ends with ``__``: Bambi's own names (``__obs__``) and dimensions do;
+- ends with a dimension suffix (``_dim``, ``__factor_dim``, ``__expr_dim``) after the name of
+  another column the model uses or a parameter: Bambi names the levels of a categorical
+  term ``s`` (or an ordinal response ``s``) ``s_dim`` and those of a factor ``g``
+  ``g__factor_dim``; ``s_dim`` elsewhere is refused only if no such ``s`` is in the model;
+- begins with ``<param>_`` for a parameter that has a distributional formula: the terms of
+  ``sigma ~ x`` are named ``sigma_x``, ``sigma_Intercept``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from formulae.expr import Assign, Binary, Call, Grouping, Literal, QuotedName, Unary, Variable
 from formulae.parser import Parser
 from formulae.scanner import Scanner
 
-from service.core.errors import InvalidRequest
+from service.core.errors import FieldError, InvalidRequest
+from service.core.families import PARAMETER_NAMES
 
 #: Calls a predictor may use. Each is a pure numeric transform or a formulae marker.
 PREDICTOR_CALLS = frozenset(
@@ -41,7 +69,18 @@ MAX_NESTING = 12
 MAX_NODES = 300
 MAX_TERMS = 200
 MAX_POWER = 3
+#: Highest polynomial degree of the arithmetic inside a call: a cubic, as ``poly(x, 3)`` in R.
+#: ``I(x**3**3**3**3**3)`` (degree 243 in formulae's left-to-right reading) is refused.
+MAX_DEGREE = 3
 MAX_LITERAL = 1e6
+
+#: Names of a model's own variables and dimensions (see the module docstring).
+RESERVED_NAMES = frozenset({"Intercept", "chain", "draw"}) | PARAMETER_NAMES
+SYNTAX_CHARACTERS = frozenset("~+*:()[]{}/^,=`|")
+DIMENSION_SUFFIXES = ("__factor_dim", "__expr_dim", "_dim")
+#: Calls whose value is not a polynomial of their argument: they count as degree 1.
+_NEW_VARIABLE_CALLS = frozenset({"log", "log2", "log10", "exp"})
+_NUMBER = re.compile(r"[0-9]+\.?[0-9]*|\.[0-9]+")  # formulae's numbers (no exponent)
 
 _Refuse = Callable[[str], InvalidRequest]
 
@@ -59,6 +98,12 @@ class FormulaInfo:
     #: for each group term, how many design columns its expression expands to
     group_widths: list[int] = field(default_factory=list)
     trials: str | int | None = None  # binomial ``p(successes, trials)``: a column or a number
+    #: the allow-listed calls of the right side, as formulae nodes (see ``transforms``)
+    transforms: list[Any] = field(default_factory=list)
+    #: the response's call (``log(y)``), if it has one other than ``p(...)``
+    response_transform: Any | None = None
+    #: columns the formula codes as categories: grouping factors and arguments of ``C(...)``
+    categorical: set[str] = field(default_factory=set)
 
     @property
     def variables(self) -> set[str]:
@@ -114,25 +159,80 @@ def check_formula(
         raise refuse(f"the left side must be '{parameter}'")
     if walker.model_terms(tree.right, depth=0) > MAX_TERMS:
         raise refuse(f"the formula expands to more than {MAX_TERMS} terms")
+    if parameter is None and response in walker.names:
+        raise refuse(f"the response '{_clip(response)}' cannot also be a predictor")
     return FormulaInfo(
         response=response,
         predictors=walker.names,
         group_factors=walker.group_factors,
         group_widths=walker.group_widths,
         trials=walker.trials,
+        transforms=walker.transforms,
+        response_transform=walker.response_transform,
+        categorical=walker.categorical,
     )
 
 
-def term_names(formula: str, field_name: str = "formula") -> list[str]:
-    """Bambi's names for the terms of a checked formula (``Intercept``, ``x``, ``1|g``...)."""
+def formula_terms(formula: str, field_name: str = "formula") -> list[Any]:
+    """formulae's terms of a checked formula; a formula without any term is refused."""
     from formulae import model_description
 
     try:
-        return [str(term.name) for term in model_description(formula).terms]
+        terms = list(model_description(formula).terms)
     except Exception as exc:  # formulae refuses some shapes our grammar lets through
         raise InvalidRequest.one(
             field_name, "the formula's terms cannot be formed (e.g. '1:x' or '(0 | g)')"
         ) from exc
+    if not terms:
+        raise InvalidRequest.one(
+            field_name, "the formula has no terms; write '~ 1' for an intercept alone"
+        )
+    return terms
+
+
+def term_names(formula: str, field_name: str = "formula") -> list[str]:
+    """Bambi's names for the terms of a checked formula (``Intercept``, ``x``, ``1|g``...)."""
+    return [str(term.name) for term in formula_terms(formula, field_name)]
+
+
+def check_names(names: Collection[str], *, distributional: Collection[str] = ()) -> None:
+    """Refuse column names that clash with the model's own names (see the module docstring).
+
+    ``names`` are the columns the model uses; ``distributional`` the parameters that have a
+    formula of their own. Each refused name is a ``data.<column>`` error.
+    """
+    errors = []
+    for name in sorted(names):
+        clash = _name_clash(name, names, distributional)
+        if clash is not None:
+            errors.append(
+                FieldError(
+                    f"data.{_clip(name, 60)}",
+                    f"the column name '{_clip(name)}' {clash}; rename the column",
+                )
+            )
+    if errors:
+        raise InvalidRequest(errors)
+
+
+def _name_clash(name: str, names: Collection[str], distributional: Collection[str]) -> str | None:
+    if name in RESERVED_NAMES:
+        return "is a name the model gives to its intercept, a parameter or a draws dimension"
+    syntax = sorted(set(name) & SYNTAX_CHARACTERS)
+    if syntax:
+        return f"holds '{syntax[0]}', a character of the formula language"
+    if _NUMBER.fullmatch(name):
+        return "reads as a number"
+    if name.startswith("__") or name.endswith("__"):
+        return "begins or ends with '__', as the model's internal names do"
+    for suffix in DIMENSION_SUFFIXES:
+        stem = name.removesuffix(suffix)
+        if stem != name and (stem in names or stem in RESERVED_NAMES):
+            return f"is the name the model gives to the levels of '{_clip(stem)}'"
+    for parameter in sorted(distributional):
+        if name.startswith(f"{parameter}_"):
+            return f"begins with '{parameter}_', as the terms of the {parameter} formula do"
+    return None
 
 
 def _check_brackets(formula: str, refuse: _Refuse) -> None:
@@ -171,6 +271,9 @@ class _Walker:
         self.group_factors: list[list[str]] = []
         self.group_widths: list[int] = []
         self.trials: str | int | None = None
+        self.transforms: list[Any] = []
+        self.response_transform: Any | None = None
+        self.categorical: set[str] = set()
         self.nodes = 0
 
     def _count(self) -> None:
@@ -207,11 +310,11 @@ class _Walker:
             if name == "p":
                 return self.binomial_response(node)
             outer, self.names = self.names, set()
-            for arg in node.args:
-                self.arithmetic(arg, 1)
+            self.arguments(name, node)
             used, self.names = self.names, outer
             if len(used) != 1:
                 raise self.refuse(f"the response '{name}(...)' must use exactly one column")
+            self.response_transform = node
             return used.pop()
         raise self.refuse("the response must be a column name, like 'score ~ ...'")
 
@@ -291,6 +394,7 @@ class _Walker:
             return int(terms)
         if isinstance(node, Call):
             self.call(node)
+            self.transforms.append(node)
             return 1
         raise self.refuse("the formula contains an expression that is not allowed")
 
@@ -303,6 +407,7 @@ class _Walker:
         self.group_factors.append(factor)
         self.group_widths.append(width)
         self.names.update(factor)
+        self.categorical.update(factor)
 
     def _factor_columns(self, node: object) -> list[str]:
         self._count()
@@ -314,51 +419,79 @@ class _Walker:
             return self._factor_columns(node.left) + self._factor_columns(node.right)
         raise self.refuse("a grouping factor must be a column, or columns joined by ':' or '/'")
 
-    def call(self, node: Call) -> None:
-        """An allow-listed call with arithmetic arguments."""
+    def call(self, node: Call) -> int:
+        """An allow-listed call with arithmetic arguments; returns its polynomial degree."""
         name = self.call_name(node, PREDICTOR_CALLS)
         if not node.args:
             raise self.refuse(f"'{name}()' needs an argument")
         if name != "C" and len(node.args) > 1:
             raise self.refuse(f"'{name}(...)' takes one argument")
-        for arg in node.args:
-            self.arithmetic(arg, 1)
+        outer, self.names = self.names, set()
+        degree = self.arguments(name, node)
+        used, self.names = self.names, outer | self.names
+        if name == "C":
+            self.categorical |= used
+        return degree
 
-    def arithmetic(self, node: object, depth: int) -> None:
-        """Arguments of calls: columns, numbers and + - * / ** between them."""
+    def arguments(self, name: str, node: Call) -> int:
+        """The arguments of a call; the call's degree (log and exp start a new variable)."""
+        degree = max((self.arithmetic(arg, 1) for arg in node.args), default=0)
+        return min(degree, 1) if name in _NEW_VARIABLE_CALLS else degree
+
+    def arithmetic(self, node: object, depth: int) -> int:
+        """Arguments of calls: columns, numbers and + - * / ** between them.
+
+        Returns the expression's polynomial degree (a column 1, a number 0; a quotient counts
+        as the product it bounds) and refuses one above MAX_DEGREE.
+        """
         self._count()
         if isinstance(node, Variable | QuotedName):
             self.names.add(self.column(node))
-        elif isinstance(node, Literal):
+            return 1
+        if isinstance(node, Literal):
             value = node.value
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise self.refuse("only numbers may appear as constants inside a function")
             if abs(value) > MAX_LITERAL:
                 raise self.refuse(f"the number {value!r} is too large")
-        elif isinstance(node, Grouping):
-            self.arithmetic(node.expression, depth + 1)
-        elif isinstance(node, Unary):
+            return 0
+        if isinstance(node, Grouping):
+            return self.arithmetic(node.expression, depth + 1)
+        if isinstance(node, Unary):
             if node.operator.kind not in ("PLUS", "MINUS"):
                 raise self.refuse(f"the operator '{node.operator.lexeme}' is not allowed")
-            self.arithmetic(node.right, depth + 1)
-        elif isinstance(node, Binary):
-            if node.operator.kind not in _ARITHMETIC:
-                raise self.refuse(
-                    f"the operator '{node.operator.lexeme}' is not allowed inside a function"
-                )
-            self.arithmetic(node.left, depth + 1)
-            if node.operator.kind == "STAR_STAR":
-                if not _mentions_column(node.left):
-                    raise self.refuse("a power needs a column in its base, as in 'I(x ** 2)'")
-                self.small_power(node.right)
-            else:
-                self.arithmetic(node.right, depth + 1)
-        elif isinstance(node, Call):
-            self.call(node)
-        elif isinstance(node, Assign):
+            return self.arithmetic(node.right, depth + 1)
+        if isinstance(node, Binary):
+            return self.binary(node, depth)
+        if isinstance(node, Call):
+            return self.call(node)
+        if isinstance(node, Assign):
             raise self.refuse("keyword arguments are not allowed")
+        raise self.refuse("the formula contains an expression that is not allowed")
+
+    def binary(self, node: Binary, depth: int) -> int:
+        """``a op b`` inside a call, with the degree of the result."""
+        kind = node.operator.kind
+        if kind not in _ARITHMETIC:
+            raise self.refuse(
+                f"the operator '{node.operator.lexeme}' is not allowed inside a function"
+            )
+        left = self.arithmetic(node.left, depth + 1)
+        if kind == "STAR_STAR":
+            if not _mentions_column(node.left):
+                raise self.refuse("a power needs a column in its base, as in 'I(x ** 2)'")
+            self.small_power(node.right)
+            assert isinstance(node.right, Literal)
+            degree = left * int(node.right.value)
         else:
-            raise self.refuse("the formula contains an expression that is not allowed")
+            right = self.arithmetic(node.right, depth + 1)
+            degree = max(left, right) if kind in ("PLUS", "MINUS") else left + right
+        if degree > MAX_DEGREE:
+            raise self.refuse(
+                f"a product or power of degree {degree} inside a function is refused; "
+                f"the limit is {MAX_DEGREE}"
+            )
+        return degree
 
     def small_power(self, node: object) -> None:
         """The right side of ``**``: a whole number from 1 to MAX_POWER."""

@@ -24,9 +24,11 @@ DEFAULT_PROB = 0.94
 
 
 class Strict(BaseModel):
-    """Base for request bodies: unknown fields are an error, not silently ignored."""
+    """Base for request bodies: unknown fields are an error, not silently ignored, and values
+    keep their JSON types: an integer field takes JSON integers only (not true, 10.0 or "10"),
+    a number field integers or decimals (never true or "0.9"), a text field text."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---------------------------------------------------------------------------------- fits

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.core.errors import InvalidRequest
-from service.core.formula import check_formula
+from service.core.formula import check_formula, check_names, formula_terms, term_names
+from service.core.transforms import render
 
 COLUMNS = {"y", "x", "z", "g", "h", "weird name", "score", "school"}
 
@@ -85,6 +86,7 @@ HOSTILE = [
     "y ~ C(x, 'open')",
     "y ~ {x.__class__}",
     "exec('1') ~ x",
+    "log() ~ x",
     # huge powers, non-numeric constants
     "y ~ I(x ** 100000)",
     "y ~ (x + z) ** 99",
@@ -128,3 +130,92 @@ def test_hostile_formulas_are_refused_and_nothing_runs(formula: str) -> None:
 )
 def test_group_terms_report_their_design_width(formula: str, widths: list[int]) -> None:
     assert check_formula(formula, COLUMNS).group_widths == widths
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ I(x**3**3**3**3**3)",  # formulae reads ((((x**3)**3)**3)**3)**3: degree 243
+        "y ~ I(x ** 2 ** 2)",
+        "y ~ I((x * z) ** 2)",
+        "y ~ I(I(x ** 3) ** 3)",
+        "y ~ log(x ** 2 * z ** 2)",
+        "y ~ I(x * x * x * z)",
+        "I(y ** 2 ** 2) ~ x",
+    ],
+)
+def test_arithmetic_inside_a_call_is_at_most_a_cubic(formula: str) -> None:
+    cubics = "y ~ I(x ** 3) + I(x ** 2 * z) + I(log(x) ** 3) + I(x / z / h)"
+    assert check_formula(cubics, COLUMNS).predictors == {"x", "z", "h"}
+    with pytest.raises(InvalidRequest) as caught:
+        check_formula(formula, COLUMNS)
+    assert "the limit is 3" in caught.value.errors[0].message
+
+
+@pytest.mark.parametrize(
+    "formula", ["y ~ y", "y ~ x + y", "y ~ x + log(y)", "y ~ (1 | y)", "log(y) ~ y"]
+)
+def test_the_response_is_never_a_predictor(formula: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_formula(formula, COLUMNS)
+    assert caught.value.errors[0].message == "the response 'y' cannot also be a predictor"
+
+
+@pytest.mark.parametrize("formula", ["y ~ 0", "y ~ -1", "y ~ 1 + 0", "y ~ 0 + 1 - 1"])
+def test_a_formula_without_terms_is_refused_but_an_intercept_alone_has_one(formula: str) -> None:
+    assert term_names("y ~ 1") == ["Intercept"]
+    with pytest.raises(InvalidRequest) as caught:
+        formula_terms(formula)
+    assert "has no terms" in caught.value.errors[0].message
+
+
+def test_the_calls_to_evaluate_and_the_columns_used_as_labels_are_reported() -> None:
+    info = check_formula("log(y) ~ x + exp(x) + C(g) + sqrt(abs(z)) + (scale(x) | h)", COLUMNS)
+    assert [render(node) for node in info.transforms] == [
+        "exp(x)",
+        "C(g)",
+        "sqrt(abs(z))",
+        "scale(x)",
+    ]
+    assert render(info.response_transform) == "log(y)"
+    assert info.categorical == {"g", "h"}
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("Intercept", "its intercept, a parameter or a draws dimension"),
+        ("chain", "its intercept, a parameter or a draws dimension"),
+        ("draw", "its intercept, a parameter or a draws dimension"),
+        *[(p, "a parameter") for p in ("mu", "p", "sigma", "nu", "alpha", "kappa", "threshold")],
+        *[
+            (f"a{c}b", f"holds '{c}', a character of the formula language")
+            for c in "~+*:()[]{}/^,=`|"
+        ],
+        ("1|g_sigma", "holds '|', a character of the formula language"),
+        ("1", "reads as a number"),
+        ("2.5", "reads as a number"),
+        ("__obs__", "begins or ends with '__'"),
+        ("__x", "begins or ends with '__'"),
+        ("x__", "begins or ends with '__'"),
+        ("s_dim", "the levels of 's'"),
+        ("g__factor_dim", "the levels of 'g'"),
+        ("threshold_dim", "the levels of 'threshold'"),
+        ("sigma_x", "begins with 'sigma_'"),
+    ],
+)
+def test_column_names_that_clash_with_the_models_own_names_are_refused(
+    name: str, reason: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        check_names({name, "s", "g", "y"}, distributional={"sigma"})
+    (error,) = caught.value.errors
+    assert error.field == f"data.{name}"
+    assert reason in error.message
+
+
+@pytest.mark.parametrize(
+    "name", ["x", "log", "sigma_x", "size_dim", "x_sigma", "x_offset", "y_obs", "2020 sales", "a-b"]
+)
+def test_names_that_cannot_clash_are_accepted(name: str) -> None:
+    check_names({name, "y"}, distributional=())
