@@ -7,7 +7,8 @@ thread (an asyncio Redis client, one-second waits). While it waits it watches th
 
 - no live worker serves the queue: 503 with Retry-After at once, nothing sent;
 - the worker that took the call (``JobStore.call_key``) stopped announcing itself (it died
-  mid-call): the call is sent once more, to a live worker;
+  mid-call): the call is sent once more, to a live worker, waiting up to ``ORPHAN_GRACE_S``
+  for one to come back;
 - over ``max_calls_in_flight`` calls waiting in this process, or
   ``max_calls_in_flight_per_key`` for one key: 503 / 429 with Retry-After before sending.
 """
@@ -43,6 +44,9 @@ from service.core.settings import Settings
 LOOK_S = 1.0
 #: Sends of one call at most (the first, and one after its worker died).
 MAX_SENDS = 2
+#: How long a call already sent waits for a worker to come back once none is alive (a
+#: restarted worker needs 10-20 s to start) before it answers 503.
+ORPHAN_GRACE_S = 30.0
 
 
 class Dispatcher:
@@ -153,7 +157,7 @@ class Dispatcher:
                 alone_since = None
             elif alone_since is None:
                 alone_since = time.monotonic()
-            elif time.monotonic() - alone_since > self.settings.worker_presence_ttl_s:
+            elif time.monotonic() - alone_since > ORPHAN_GRACE_S:
                 raise Unavailable("the worker stopped answering; retry shortly", 10)
             taken_by = taker.decode() if isinstance(taker, bytes) else taker
             if taken_by is not None and live and taken_by not in live and sends < MAX_SENDS:

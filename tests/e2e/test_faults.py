@@ -68,6 +68,7 @@ def test_calls_fail_fast_when_no_worker_answers_and_health_never_waits(
     assert wait_for_fit(client, location)["status"] == "succeeded"
     rows = {"data": {"school": [1, 2, 999]}}
     with stopped(deployment.processes["worker-interactive"]):
+        time.sleep(4)  # its presence (3 s here) runs out: it is seen dead
 
         def predict(_: int) -> tuple[int, float]:
             with deployment.client() as own:
@@ -86,8 +87,8 @@ def test_calls_fail_fast_when_no_worker_answers_and_health_never_waits(
             answers = list(pending)
     assert max(health) < 0.5, health  # never behind the waiting calls
     codes = {code for code, _ in answers}
-    assert codes <= {429, 503}, answers  # refused early, or given up once it was seen dead
-    assert max(seconds for _, seconds in answers) < 15, answers  # presence 3 s, not 120 s
+    assert codes <= {429, 503}, answers  # no live worker: refused at once, nothing waits
+    assert max(seconds for _, seconds in answers) < 3, answers
     # once the worker is back, calls are answered again
     deadline = time.monotonic() + 30
     while client.post(location + "/predictions", json=rows).status_code != 200:
