@@ -13,15 +13,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.bodies import DataLimits, body_schema, read_model
-from service.api.deps import Caller
+from service.api.deps import Caller, Services
 from service.api.security import CallerDep
 from service.api.submissions import count_call, submit_fit
 from service.core import tasks
 from service.core.csvdata import parse_csv
-from service.core.errors import InvalidRequest, NotFound
+from service.core.errors import InvalidRequest, NotFound, Unavailable
 from service.core.schemas import (
     DEFAULT_PROB,
     Diagnostics,
@@ -37,6 +38,7 @@ from service.core.schemas import (
     PredictionRequest,
     Predictions,
     Priors,
+    Readiness,
     Summary,
 )
 from service.core.validation import validate_fit_request, validate_prediction_data
@@ -58,6 +60,18 @@ REFUSED: dict[int | str, dict[str, Any]] = {
 async def healthz() -> Health:
     """Liveness: the API process answers (never waits on Redis or a worker)."""
     return Health()
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    responses={503: {"description": "A dependency is missing; the problem names it."}},
+)
+async def readyz(request: Request) -> Readiness:
+    """Readiness: Redis answers, the data folder is writable, and at least one fit worker
+    and one interactive worker are alive (503 naming what is missing otherwise)."""
+    services: Services = request.app.state.services
+    return await run_in_threadpool(readiness, services)
 
 
 @router.post(
@@ -289,6 +303,33 @@ def _csv_request(caller: Caller, file: UploadFile, request: str) -> FitRequest:
         return FitRequest.model_validate({**fields, "data": columns})
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc
+
+
+def readiness(services: Services) -> Readiness:
+    """What readyz checks; Unavailable naming every dependency that is missing."""
+    settings, store = services.settings, services.store
+    checks: dict[str, str] = {}
+    missing: list[str] = []
+    try:
+        store.redis.ping()
+        checks["redis"] = "ok"
+        for role, queue in (
+            ("fit", settings.fit_queue),
+            ("interactive", settings.interactive_queue),
+        ):
+            alive = len(store.live_workers(queue))
+            checks[f"{role}_workers"] = str(alive)
+            if not alive:
+                missing.append(f"no {role} worker is alive")
+    except RedisError:
+        checks["redis"] = "unreachable"
+        missing.append("Redis does not answer")
+    checks["storage"] = "ok" if services.artifacts.writable() else "not writable"
+    if checks["storage"] != "ok":
+        missing.append("the data folder is not writable")
+    if missing:
+        raise Unavailable(f"not ready: {'; '.join(missing)}", retry_after=5)
+    return Readiness(checks=checks)
 
 
 def _with_links(record: FitResource) -> FitResource:

@@ -195,6 +195,17 @@ class Artifacts:
                 except OSError as exc:
                     raise storage_error(exc, "the fit's results could not be removed") from exc
 
+    def writable(self) -> bool:
+        """Whether a file can be written and removed in the data folder now."""
+        try:
+            (self.root / "fits").mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=self.root / "fits", prefix=".probe.")
+            os.close(fd)
+            os.unlink(name)
+        except OSError:
+            return False
+        return True
+
     def fit_folders(self) -> Iterator[tuple[str, float]]:
         """Every fit folder (or stray entry with a fit id's name) and when it last changed."""
         try:

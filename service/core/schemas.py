@@ -405,3 +405,13 @@ class Health(BaseModel):
     """Liveness answer."""
 
     status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """Readiness answer: every dependency the service needs answers."""
+
+    status: Literal["ready"] = "ready"
+    checks: dict[str, str] = Field(
+        description="Each dependency and what was found: redis, storage, fit and "
+        "interactive workers (how many are alive)."
+    )

@@ -453,3 +453,30 @@ def test_a_full_or_broken_data_folder_answers_503_or_507_and_records_nothing(
         assert "could not be stored" in response.json()["detail"]
     assert dispatcher.fits == []
     assert not redis.keys("hbm:fit:*")
+
+
+def test_readiness_names_what_is_missing(client: TestClient) -> None:
+    response = client.get("/v1/readyz")
+    assert response.status_code == 503
+    assert response.headers["retry-after"]
+    detail = response.json()["detail"]
+    assert "no fit worker is alive" in detail and "no interactive worker is alive" in detail
+    store = client.app.state.services.store  # type: ignore[attr-defined]
+    store.announce_worker("hbm.fits", "host:1", ttl_s=30)
+    store.announce_worker("hbm.interactive", "host:2", ttl_s=30)
+    ready = client.get("/v1/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {
+        "redis": "ok",
+        "fit_workers": "1",
+        "interactive_workers": "1",
+        "storage": "ok",
+    }
+
+
+def test_readiness_says_when_redis_is_away(tmp_path: Path) -> None:
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path))
+    with TestClient(app) as down:
+        response = down.get("/v1/readyz")
+        assert response.status_code == 503
+        assert "Redis does not answer" in response.json()["detail"]
