@@ -19,7 +19,7 @@ the final state itself and ends the pool process: Celery puts the message back
 were half written, and drops the message. So every limit holds in every phase within about
 a second, at the price of a fresh pool process (which forks warm from its parent).
 
-Failures are data on the fit: ``error.reason`` is one of ``FAILURE_REASONS``.
+Failures are data on the fit: ``error.reason`` is a ``FailureReason``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,15 @@ from typing import Any
 import psutil
 
 from service.core.errors import DamagedResults, FitFailed, InvalidRequest, StorageError
-from service.core.schemas import FitError, FitResource, FitSpec, FitStatus, Progress, Timings
+from service.core.schemas import (
+    FailureReason,
+    FitError,
+    FitResource,
+    FitSpec,
+    FitStatus,
+    Progress,
+    Timings,
+)
 from worker.context import Context
 from worker.heartbeat import Heartbeat
 from worker.modeling import parameterization
@@ -213,15 +221,17 @@ class FitRun:
             else:
                 self.fail(exc.reason, exc.message)
         except InvalidRequest as exc:
-            self.fail("invalid_request", exc.detail)
+            self.fail(FailureReason.INVALID_REQUEST, exc.detail)
         except (StorageError, DamagedResults) as exc:
             log.warning("fit %s: storage failed: %s", self.fit_id, exc)
-            self.fail("storage_error", f"{exc.detail}; submit the fit again later")
+            self.fail(FailureReason.STORAGE_ERROR, f"{exc.detail}; submit the fit again later")
         except RedisUnavailable:
             log.warning("fit %s: Redis is away; the fit is left to the reconciler", self.fit_id)
         except Exception:
             log.exception("fit %s failed unexpectedly", self.fit_id)
-            self.fail("internal_error", "the fit failed unexpectedly; the error was logged")
+            self.fail(
+                FailureReason.INTERNAL_ERROR, "the fit failed unexpectedly; the error was logged"
+            )
         finally:
             self.enter("done")
 
@@ -236,7 +246,7 @@ class FitRun:
             return
         if attempt > ctx.settings.max_attempts:
             message = f"the fit lost its worker {attempt - 1} times and was not run again"
-            self.fail("worker_lost", message)
+            self.fail(FailureReason.WORKER_LOST, message)
             return
         started = time.perf_counter()
         timings = Timings(queued_s=(time.time() - self.record.created_at.timestamp()))
@@ -310,9 +320,10 @@ class FitRun:
     # ---------------------------------------------------------------------------- ends
 
     def fail(self, reason: str, message: str) -> None:
-        """End the fit as failed, with its reason as data."""
+        """End the fit as failed, with its reason (a ``FailureReason``) as data."""
         log.info("fit %s failed: %s", self.fit_id, reason)
-        self.end(FitStatus.FAILED, error=FitError(reason=reason, message=message))
+        error = FitError(reason=FailureReason(reason), message=message)
+        self.end(FitStatus.FAILED, error=error)
 
     def end(
         self,

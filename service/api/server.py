@@ -10,7 +10,6 @@ previous response), answering 408. Bodies are timed by ``BodyGuard``.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import h11
@@ -67,14 +66,14 @@ class TimedH11Protocol(H11Protocol):
 
 
 def serve() -> None:
-    """Serve the API with uvicorn (host, port, log level from the environment)."""
+    """Serve the API with uvicorn (host, port and log level from the settings)."""
     settings = get_settings()
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,
-        host=os.environ.get("HOST", "0.0.0.0"),
-        port=int(os.environ.get("PORT", "8000")),
-        log_level=os.environ.get("LOG_LEVEL", "info"),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
         workers=settings.api_workers,
         http=TimedH11Protocol,
         limit_concurrency=MAX_CONNECTIONS,

@@ -55,10 +55,6 @@ from service.core.schemas import (
     Timings,
 )
 
-#: Failure reasons caused by the infrastructure, not by the request: such a failure is not
-#: the answer to the request, so its dedup keys are dropped and the same request refits.
-INFRASTRUCTURE_REASONS = frozenset({"storage_error", "internal_error"})
-
 # Map a dedup key to a fit id, bound to the request's digest. An existing mapping answers
 # (same digest: 'existing'; another digest: 'conflict') unless its fit was deleted.
 _CLAIM = """
@@ -577,7 +573,8 @@ class JobStore:
             fields += ["versions", json.dumps(versions)]
         if error is not None:
             fields += ["error", error.model_dump_json()]
-        infrastructure = error is not None and error.reason in INFRASTRUCTURE_REASONS
+        # A failure of the infrastructure is not the request's answer: its keys are released.
+        infrastructure = error is not None and error.reason.infrastructure
         answer = self._finish(
             keys=[self._key(fit_id), self._lock(fit_id)],
             args=[

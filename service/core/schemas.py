@@ -185,10 +185,30 @@ class Timings(BaseModel):
     total_s: float | None = None
 
 
+class FailureReason(StrEnum):
+    """Why a fit failed (``error.reason``): a stable code; ``error.message`` says more."""
+
+    MODEL_ERROR = "model_error"  # the model cannot be built from this formula and data
+    COMPILE_ERROR = "compile_error"  # the model could not be compiled
+    SAMPLING_ERROR = "sampling_error"  # the sampler could not explore the posterior
+    TIMEOUT = "timeout"  # past sampler.time_limit_s
+    OUT_OF_MEMORY = "out_of_memory"  # past HBM_MAX_FIT_RSS_MB
+    WORKER_LOST = "worker_lost"  # its worker died HBM_MAX_ATTEMPTS times
+    INVALID_REQUEST = "invalid_request"  # the worker's own checks refused the request
+    STORAGE_ERROR = "storage_error"  # its files could not be written or read
+    INTERNAL_ERROR = "internal_error"  # a defect of the service; logged
+
+    @property
+    def infrastructure(self) -> bool:
+        """A fault of the service's infrastructure, not of the request: such a failure is
+        not the answer to the request, and the same request may fit again."""
+        return self in (FailureReason.STORAGE_ERROR, FailureReason.INTERNAL_ERROR)
+
+
 class FitError(BaseModel):
     """Why a fit failed, as data."""
 
-    reason: str = Field(examples=["sampling_error", "timeout", "worker_lost"])
+    reason: FailureReason
     message: str
 
 

@@ -1,7 +1,13 @@
-"""The one settings object, read from environment variables (prefix ``HBM_``)."""
+"""The one settings object, read from environment variables (prefix ``HBM_``; ``REDIS_URL``,
+``HOST``, ``PORT`` and ``LOG_LEVEL`` are also read without it).
+
+``python -m service.core.settings`` prints every setting with its default and meaning as a
+Markdown table: ``docs/operations.md`` holds that table, and a test keeps the two equal.
+"""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,21 +25,39 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("HBM_REDIS_URL", "REDIS_URL"),
         description="Redis holding job records and the Celery broker queues.",
     )
+    host: str = Field(
+        default="0.0.0.0",
+        validation_alias=AliasChoices("HBM_HOST", "HOST"),
+        description="Interface the API listens on (make run: 127.0.0.1 unless set).",
+    )
+    port: int = Field(
+        default=8000,
+        validation_alias=AliasChoices("HBM_PORT", "PORT"),
+        description="Port the API listens on.",
+    )
+    log_level: str = Field(
+        default="info",
+        validation_alias=AliasChoices("HBM_LOG_LEVEL", "LOG_LEVEL"),
+        description="The API server's log level (debug, info, warning, error).",
+    )
     api_workers: int = Field(
         default=1,
         ge=1,
-        description="API processes (uvicorn workers) behind the one port; handlers are "
-        "synchronous, so more processes answer more concurrent clients.",
+        description="API processes (uvicorn workers) behind the one port: more processes use "
+        "more cores (compose runs 2).",
     )
     data_dir: Path = Field(
         default=Path("var/data"), description="Where requests and posteriors are stored."
     )
-    fit_queue: str = "hbm.fits"
-    interactive_queue: str = "hbm.interactive"
+    fit_queue: str = Field(default="hbm.fits", description="Broker queue of fits.")
+    interactive_queue: str = Field(
+        default="hbm.interactive",
+        description="Broker queue of predictions, results at other intervals and dry runs.",
+    )
 
     # Request limits (each has its own clear 4xx answer).
-    max_rows: int = 200_000
-    max_columns: int = 100
+    max_rows: int = Field(default=200_000, description="Rows a fit's data may have.")
+    max_columns: int = Field(default=100, description="Columns a request's data may have.")
     max_cells: int = Field(
         default=4_000_000,
         description="Largest data: rows x columns as sent (bounds the memory a request takes "
@@ -42,17 +66,18 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(
         default=1000, lt=131_072, description="Longest text value in the data."
     )
-    max_formula_length: int = 500
-    max_draws: int = 20_000
-    max_tune: int = 20_000
-    max_chains: int = 16
-    max_prediction_rows: int = 100_000
-    max_group_factors: int = 10
-    max_levels_per_factor: int = 20_000
-    max_draws_x_chains: int = 40_000
+    max_formula_length: int = Field(default=500, description="Characters a formula may have.")
+    max_draws: int = Field(default=20_000, description="Kept draws per chain.")
+    max_tune: int = Field(default=20_000, description="Warm-up draws per chain.")
+    max_chains: int = Field(default=16, description="Chains of a fit.")
+    max_prediction_rows: int = Field(default=100_000, description="Rows of one prediction.")
+    max_group_factors: int = Field(default=10, description="Grouping factors of a model.")
+    max_levels_per_factor: int = Field(default=20_000, description="Levels of a factor.")
+    max_draws_x_chains: int = Field(default=40_000, description="Draws x chains of a fit.")
     max_design_bytes: int = Field(
         default=2 * 1024**3,
-        description="Largest dense group-level design matrix (rows x group columns x 8 bytes).",
+        description="Largest dense design: rows x (common + group-level columns) x 8 bytes, "
+        "each categorical counted with one column per level.",
     )
     max_levels_per_categorical: int = Field(
         default=500,
@@ -69,12 +94,11 @@ class Settings(BaseSettings):
         "for new responses), so the default keeps one request well inside reply_timeout_s "
         "for larger models too: 25,000 rows at 4 chains x 1,000 draws.",
     )
-    max_upload_bytes: int = 50 * 1024**2
 
     # Sampler defaults (what rstanarm users expect: 4 chains, 1000 draws, 1000 tuning).
-    default_draws: int = 1000
-    default_tune: int = 1000
-    default_chains: int = 4
+    default_draws: int = Field(default=1000, description="Draws per chain when not asked.")
+    default_tune: int = Field(default=1000, description="Warm-up draws when not asked.")
+    default_chains: int = Field(default=4, description="Chains when not asked.")
     sampler_cores: int | None = Field(
         default=None, description="Chains run in parallel threads; default: all cores."
     )
@@ -179,3 +203,20 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def markdown_table() -> str:
+    """Every setting as a row: environment variable, default, meaning."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        variable = f"HBM_{name.upper()}"
+        if field.validation_alias is not None:
+            variable = " or ".join(reversed(field.validation_alias.choices))  # type: ignore[union-attr,arg-type]
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default is None else json.dumps(default, default=str)
+        rows.append(f"| `{variable}` | `{shown}` | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
