@@ -20,9 +20,9 @@ from service.core.reconciler import Reconciler, reconcile_once
 from service.core.schemas import FitRequest, PredictionRequest
 from service.core.settings import Settings, get_settings
 
-#: Request bodies the routes read themselves (``bodies.read_model``), for the OpenAPI
-#: document.
-BODIES = (FitRequest, PredictionRequest)
+#: Schemas the OpenAPI document names without a route declaring them: request bodies the
+#: routes read themselves (``bodies.read_model``), and the problem details of errors.
+BODIES = (FitRequest, PredictionRequest, problems.Problem)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +33,63 @@ from service.core.errors import (
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+
+class FieldProblem(BaseModel):
+    """One refused field of a 422."""
+
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """An error answer (RFC 9457 problem details)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | None = Field(
+        default=None, description="422 only: one entry per refused field."
+    )
+
+
+#: What each error status means, with an example detail, for the OpenAPI document.
+EXAMPLES: dict[int, tuple[str, str]] = {
+    401: ("Unauthorized", "send an API key in the X-API-Key header"),
+    404: ("Not found", "there is no fit '3f2a...'"),
+    408: ("Request timeout", "the request body did not arrive within 60 s"),
+    409: ("Fit not ready", "the fit is running; results exist once it has succeeded"),
+    413: ("Payload too large", "the request body is over 67108864 bytes"),
+    422: ("Invalid request", "formula: 'klass' is not a column of the data"),
+    429: ("Too many requests", "over 120 fits a minute"),
+    500: ("Stored results damaged", "the fit's stored summary is damaged and cannot be read"),
+    503: ("Service unavailable", "the job store is not reachable; retry shortly"),
+    507: ("Insufficient storage", "the request could not be stored: the disk is full"),
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route gives."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        title, detail = EXAMPLES[status]
+        example: dict[str, Any] = {
+            "type": "about:blank", "title": title, "status": status, "detail": detail
+        }  # fmt: skip
+        if status == 422:
+            field, message = detail.split(": ", 1)
+            example["errors"] = [{"field": field, "message": message}]
+        responses[status] = {
+            "description": title,
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "example": example,
+                }
+            },
+        }
+    return responses
 
 
 def problem(

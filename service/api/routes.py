@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.bodies import DataLimits, body_schema, read_model
 from service.api.deps import Caller, Services
+from service.api.problems import documented
 from service.api.security import CallerDep
 from service.api.submissions import count_call, submit_fit
 from service.core import tasks
@@ -51,22 +52,22 @@ IdempotencyKey = Annotated[
     str | None,
     Header(max_length=200, description="Same key, same fit: a retried POST is safe."),
 ]
-REFUSED: dict[int | str, dict[str, Any]] = {
-    422: {"description": "The request was refused; nothing was queued."}
-}
+#: Errors every route with a key and a body may give.
+COMMON = (401, 408, 413, 503)
+#: Errors of a fit's results.
+RESULT_ERRORS = (*COMMON, 404, 409, 422, 429, 500)
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"])
+@router.get("/healthz", tags=["health"])
 async def healthz() -> Health:
     """Liveness: the API process answers (never waits on Redis or a worker)."""
     return Health()
 
 
-@router.get(
-    "/readyz",
-    tags=["health"],
-    responses={503: {"description": "A dependency is missing; the problem names it."}},
-)
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
+
+@router.get("/readyz", tags=["health"], responses=documented(503))
 async def readyz(request: Request) -> Readiness:
     """Readiness: Redis answers, the data folder is writable, and at least one fit worker
     and one interactive worker are alive (503 naming what is missing otherwise)."""
@@ -78,7 +79,7 @@ async def readyz(request: Request) -> Readiness:
     "/fits",
     status_code=status.HTTP_202_ACCEPTED,
     tags=["fits"],
-    responses=REFUSED,
+    responses=documented(*COMMON, 422, 429, 507),
     openapi_extra=body_schema(FitRequest),
 )
 async def create_fit(
@@ -95,7 +96,12 @@ async def create_fit(
     return _with_links(record)
 
 
-@router.post("/fits/upload", status_code=status.HTTP_202_ACCEPTED, tags=["fits"], responses=REFUSED)
+@router.post(
+    "/fits/upload",
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["fits"],
+    responses=documented(*COMMON, 422, 429, 507),
+)
 async def create_fit_from_csv(
     response: Response,
     caller: CallerDep,
@@ -112,7 +118,7 @@ async def create_fit_from_csv(
     return _with_links(record)
 
 
-@router.get("/fits", tags=["fits"])
+@router.get("/fits", tags=["fits"], responses=documented(*COMMON, 422))
 def list_fits(
     caller: CallerDep,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
@@ -123,7 +129,7 @@ def list_fits(
     return [_with_links(r) for r in map(caller.services.store.get, ids) if r is not None]
 
 
-@router.get("/fits/{fit_id}", tags=["fits"])
+@router.get("/fits/{fit_id}", tags=["fits"], responses=documented(*COMMON, 404))
 def get_fit(fit_id: str, caller: CallerDep) -> FitResource:
     """A fit's status, progress while running, timings, versions, and error if it failed."""
     return _with_links(caller.fit(fit_id))
@@ -135,6 +141,7 @@ def get_fit(fit_id: str, caller: CallerDep) -> FitResource:
     responses={
         202: {"description": "Cancelled (queued) or cancelling (running): poll the fit."},
         204: {"description": "A finished fit and its files were deleted."},
+        **documented(*COMMON, 404),
     },
 )
 def delete_fit(fit_id: str, caller: CallerDep) -> Response:
@@ -151,7 +158,7 @@ def delete_fit(fit_id: str, caller: CallerDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/fits/{fit_id}/summary", tags=["results"])
+@router.get("/fits/{fit_id}/summary", tags=["results"], responses=documented(*RESULT_ERRORS))
 async def get_summary(
     fit_id: str, caller: CallerDep, prob: ProbQuery = DEFAULT_PROB, interval: KindQuery = "hdi"
 ) -> Summary:
@@ -160,7 +167,7 @@ async def get_summary(
     return Summary.model_validate(body)
 
 
-@router.get("/fits/{fit_id}/groups", tags=["results"])
+@router.get("/fits/{fit_id}/groups", tags=["results"], responses=documented(*RESULT_ERRORS))
 async def list_groups(fit_id: str, caller: CallerDep) -> GroupFactors:
     """The grouping factors of a fit, with their level counts and terms."""
     groups = await _results(caller, fit_id, "groups", "hdi", DEFAULT_PROB)
@@ -175,7 +182,9 @@ async def list_groups(fit_id: str, caller: CallerDep) -> GroupFactors:
     return GroupFactors(fit_id=fit_id, factors=factors)
 
 
-@router.get("/fits/{fit_id}/groups/{factor}", tags=["results"])
+@router.get(
+    "/fits/{fit_id}/groups/{factor}", tags=["results"], responses=documented(*RESULT_ERRORS)
+)
 async def get_groups(
     fit_id: str,
     factor: str,
@@ -190,7 +199,7 @@ async def get_groups(
     return GroupEffects.model_validate(groups[factor])
 
 
-@router.get("/fits/{fit_id}/diagnostics", tags=["results"])
+@router.get("/fits/{fit_id}/diagnostics", tags=["results"], responses=documented(*RESULT_ERRORS))
 def get_diagnostics(fit_id: str, caller: CallerDep) -> Diagnostics:
     """R-hat, ESS, divergences and a plain-language verdict."""
     caller.succeeded(fit_id)
@@ -199,7 +208,7 @@ def get_diagnostics(fit_id: str, caller: CallerDep) -> Diagnostics:
     )
 
 
-@router.get("/fits/{fit_id}/priors", tags=["results"])
+@router.get("/fits/{fit_id}/priors", tags=["results"], responses=documented(*RESULT_ERRORS))
 def get_priors(fit_id: str, caller: CallerDep) -> Priors:
     """Every prior the fit used, Bambi's data-scaled defaults included."""
     caller.succeeded(fit_id)
@@ -207,7 +216,10 @@ def get_priors(fit_id: str, caller: CallerDep) -> Priors:
 
 
 @router.post(
-    "/fits/{fit_id}/predictions", tags=["results"], openapi_extra=body_schema(PredictionRequest)
+    "/fits/{fit_id}/predictions",
+    tags=["results"],
+    responses=documented(*RESULT_ERRORS),
+    openapi_extra=body_schema(PredictionRequest),
 )
 async def predict(fit_id: str, request: Request, caller: CallerDep) -> Predictions:
     """Predict new rows, for groups seen in training or new ones."""
@@ -221,7 +233,7 @@ async def predict(fit_id: str, request: Request, caller: CallerDep) -> Predictio
 @router.post(
     "/models/validate",
     tags=["models"],
-    responses={422: {"description": "The model was refused; the problem names the field."}},
+    responses=documented(*COMMON, 422, 429),
     openapi_extra=body_schema(FitRequest),
 )
 async def validate_model(request: Request, caller: CallerDep) -> ModelDescription:

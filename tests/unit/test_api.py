@@ -480,3 +480,19 @@ def test_readiness_says_when_redis_is_away(tmp_path: Path) -> None:
         response = down.get("/v1/readyz")
         assert response.status_code == 503
         assert "Redis does not answer" in response.json()["detail"]
+
+
+def test_every_route_documents_the_errors_it_gives(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    assert "Problem" in document["components"]["schemas"]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if path.endswith("healthz"):
+                continue
+            errors = [code for code in operation["responses"] if code.startswith(("4", "5"))]
+            assert "503" in errors, (method, path)
+            for code in errors:
+                content = operation["responses"][code]["content"]
+                assert list(content) == ["application/problem+json"], (method, path, code)
+    post_fits = document["paths"]["/v1/fits"]["post"]["responses"]
+    assert {"401", "413", "422", "429", "503", "507"} <= set(post_fits)

@@ -28,6 +28,8 @@ def fuzz_app() -> Any:
     clean_redis(redis_url(10))
     app = create_app(Settings(redis_url=redis_url(10), data_dir=FUZZ_DIR))
     app.state.services.dispatcher = RecordingDispatcher()
+    for queue in ("hbm.fits", "hbm.interactive"):  # readiness wants live workers
+        app.state.services.store.announce_worker(queue, "fuzz:1", ttl_s=3600)
     return app
 
 
