@@ -53,7 +53,7 @@ IdempotencyKey = Annotated[
     Header(max_length=200, description="Same key, same fit: a retried POST is safe."),
 ]
 #: Errors every route with a key and a body may give.
-COMMON = (401, 408, 413, 503)
+COMMON = (401, 408, 413, 422, 503)
 #: Errors of a fit's results.
 RESULT_ERRORS = (*COMMON, 404, 409, 422, 429, 500)
 
