@@ -9,15 +9,10 @@ structure, and the fit's ``timings.compiled`` says so).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,54 +21,14 @@ import psutil
 
 from bench.cases import CHAINS, DRAWS, TUNE, Case
 from bench.peak_rss import reset_peak_rss, watch_peak_rss
-from bench.seed import ROOT
 from bench.stats import summarize_parameters
+from tests.support.deployment import Deployment, deploy, free_port
+
+__all__ = ["Deployment", "deployment", "free_port", "pool_children", "run_service"]
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 POLL_S = 0.05
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-@dataclass
-class Deployment:
-    """The running API and workers, and where their logs go."""
-
-    base_url: str
-    env: dict[str, str]
-    logs: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, *args: str) -> None:
-        """Start ``python -m <args>`` as process ``name``, logging to a file."""
-        log = (self.logs / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", *args], env=self.env, cwd=ROOT, stdout=log, stderr=log
-        )
-
-    def stop(self) -> None:
-        """Terminate every process, then wait for it (kill after 30 s)."""
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.processes.clear()
-
-    def log_tail(self, name: str, chars: int = 1500) -> str:
-        """The end of a process's log, for error messages."""
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
-def free_port() -> int:
-    """A TCP port on the loopback interface that nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -84,47 +39,24 @@ def deployment(settings: dict[str, str] | None = None) -> Iterator[Deployment]:
 
     Redis.from_url(REDIS_URL).flushdb()
     with tempfile.TemporaryDirectory(prefix="hbm-bench-") as folder:
-        port = free_port()
-        env = dict(os.environ)
-        env.pop("HBM_REDIS_URL", None)
-        env.update(
-            REDIS_URL=REDIS_URL,
-            HBM_DATA_DIR=str(Path(folder) / "data"),
-            PORT=str(port),
-            HOST="127.0.0.1",
-            LOG_LEVEL="warning",
-        )
-        env.update(settings or {})
-        running = Deployment(f"http://127.0.0.1:{port}", env, Path(folder))
+        running = deploy(Path(folder), REDIS_URL, **(settings or {}))
         try:
-            running.start("worker-fits", "worker", "fits")
-            running.start("worker-interactive", "worker", "interactive")
-            running.start("api", "service")
             yield running
         finally:
-            running.stop()
+            running.stop_all()
 
 
 def wait_until_ready(running: Deployment, timeout_s: float = 180) -> None:
-    """Wait for the API's health check and for both workers to answer a Celery ping."""
-    from celery import Celery
-
+    """Wait until the API says it is ready (Redis, storage, both workers)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if httpx.get(running.base_url + "/v1/healthz", timeout=2).status_code == 200:
-                break
+            if httpx.get(running.base_url + "/v1/readyz", timeout=2).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    else:
-        raise RuntimeError(f"the API did not start:\n{running.log_tail('api')}")
-    control = Celery(broker=REDIS_URL).control
-    while time.monotonic() < deadline:
-        names = {name.split("@")[0] for reply in control.ping(timeout=1.0) for name in reply}
-        if {"fits", "interactive"} <= names:
-            return
-    raise RuntimeError(f"the workers did not start:\n{running.log_tail('worker-fits')}")
+    raise RuntimeError(f"the service did not get ready:\n{running.log_tail('api')}")
 
 
 def pool_children(running: Deployment) -> list[psutil.Process]:
@@ -198,10 +130,10 @@ def run_service(case: Case, after: After | None = None) -> dict[str, dict[str, A
     """Start the service, time a cold and a warm fit of ``case``, run ``after`` (its result
     under the key ``"after"``), stop it; results by system name."""
     results: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
     with deployment() as running:
-        started = time.perf_counter()
         wait_until_ready(running)
-        startup_s = time.perf_counter() - started
+        startup_s = time.perf_counter() - started  # processes started and workers warm
         with httpx.Client(base_url=running.base_url, timeout=600) as client:
             for name, seed in (("service-http-cold", 1), ("service-http-warm", 2)):
                 reset = reset_peak_rss(pool_children(running))
