@@ -244,6 +244,19 @@ def final_states(base_url: str, ids: set[str], wait_s: float) -> dict[str, str]:
     return states
 
 
+def wait_until_ready(base_url: str, timeout_s: float = 300) -> None:
+    """Until ``/v1/readyz`` answers 200 (Redis, storage and both workers up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + "/v1/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError("the service did not get ready")
+
+
 def run(seconds: float, clients: int, seed: int) -> dict[str, Any]:
     """The whole chaos run; its figures."""
     rng = random.Random(seed)
@@ -253,16 +266,7 @@ def run(seconds: float, clients: int, seed: int) -> dict[str, Any]:
         folder = Path(name)
         service = Service(folder, free_port())
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(service.base_url + "/v1/readyz", timeout=2).status_code == 200:
-                        break
-                    httpx.get(service.base_url + "/v1/healthz", timeout=2).raise_for_status()
-                    time.sleep(20)  # no readiness route: give the fit worker its warm-up
-                    break
-                except httpx.HTTPError:
-                    time.sleep(1)
+            wait_until_ready(service.base_url)
             stop, stop_chaos = threading.Event(), threading.Event()
             threads = [
                 threading.Thread(target=prober, args=(service.base_url, seen, stop)),

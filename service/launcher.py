@@ -27,7 +27,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +257,25 @@ def api_notice(env: Mapping[str, str]) -> str:
     return f"API on {url}/docs (HOST={host}{keys}; Ctrl-C stops)"
 
 
+def say_when_ready(base_url: str, timeout_s: float = 600) -> None:
+    """Print one line once ``/v1/readyz`` answers 200 (from a daemon thread)."""
+
+    def wait() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base_url}/v1/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        say(f"ready: {base_url}/docs")
+                        return
+            except OSError:  # not listening yet, or 503 until the workers are warm
+                pass
+            time.sleep(1)
+        say(f"not ready after {timeout_s:.0f} s: see {base_url}/v1/readyz")
+
+    threading.Thread(target=wait, name="ready", daemon=True).start()
+
+
 def main() -> None:
     """Supervise Redis (embedded if needed), the workers and the API until Ctrl-C."""
     env = dict(os.environ)
@@ -269,7 +290,11 @@ def main() -> None:
         say(f"embedded Redis at {url} (data in var/redis)")
     env["REDIS_URL"] = url
     children += service_children(env)
-    say(api_notice(children[-1].env or {}))
+    api_env = children[-1].env or {}
+    say(api_notice(api_env))
+    host = api_env.get("HOST", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    say_when_ready(f"http://{host}:{api_env.get('PORT', '8000')}")
     raise SystemExit(Supervisor(children).run())
 
 
