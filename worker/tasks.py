@@ -1,19 +1,37 @@
-"""Thin Celery tasks: a fit runs through ``worker.fitting``; synchronous calls (predictions,
-results at another interval, the dry run) answer through ``_reply``."""
+"""Thin Celery tasks: a fit runs through ``worker.fitting``; synchronous calls (see
+``service.core.protocol``) are answered with the response models of ``schemas``."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
-from service.core import tasks
-from service.core.errors import DamagedResults, FitFailed, InvalidRequest, NotFound, StorageError
+from pydantic import BaseModel, ValidationError
+
+from service.core.errors import (
+    FitFailed,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    StorageError,
+    Unavailable,
+)
 from service.core.jobs import is_fit_id
-from service.core.schemas import FitSpec
+from service.core.protocol import (
+    FIT_TASK,
+    REPLY_TTL_S,
+    DescribeCall,
+    FittedCall,
+    GroupsCall,
+    PredictCall,
+    SummaryCall,
+    encode_answer,
+    encode_error,
+)
+from service.core.schemas import GroupEffects, Predictions, Summary
 from worker.celery_app import app
 from worker.context import context
 from worker.fitting import run_fit
@@ -27,7 +45,7 @@ from worker.resilience import best_effort
 log = logging.getLogger(__name__)
 
 
-@app.task(name=tasks.FIT)
+@app.task(name=FIT_TASK)
 def fit(fit_id: str) -> None:
     """Fit one queued model. Safe to run again: a finished fit is left alone."""
     run_fit(fit_id, context())
@@ -41,90 +59,103 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getppid()}"
 
 
-def _reply(reply_key: str, compute: Callable[[], Any]) -> None:
-    """Say which worker took the call, run ``compute`` and push its answer, or the error
-    as data, to ``reply_key``."""
+def answer(reply_key: str, compute: Callable[[], BaseModel]) -> None:
+    """Say which worker took the call, compute its answer and push it (or the error met)
+    to ``reply_key``."""
     store = context().store
     token = reply_key.rsplit(":", 1)[1]
     best_effort(
-        lambda: store.redis.set(store.call_key(token), worker_name(), ex=tasks.REPLY_TTL_S),
+        lambda: store.redis.set(store.call_key(token), worker_name(), ex=REPLY_TTL_S),
         what="claim a call",
     )
     try:
-        message: dict[str, Any] = {"ok": compute()}
+        reply = encode_answer(compute())
     except FitFailed as exc:
-        error = InvalidRequest.one("formula", exc.message)
-        errors = [{"field": e.field, "message": e.message} for e in error.errors]
-        message = {"error": {"status": 422, "detail": error.detail, "errors": errors}}
-    except InvalidRequest as exc:
-        errors = [{"field": e.field, "message": e.message} for e in exc.errors]
-        message = {"error": {"status": 422, "detail": exc.detail, "errors": errors}}
-    except NotFound as exc:
-        message = {"error": {"status": 404, "detail": exc.detail}}
-    except DamagedResults as exc:
-        message = {"error": {"status": 500, "detail": exc.detail}}
+        reply = encode_error(InvalidRequest.one("formula", exc.message))
+    except ServiceError as exc:
+        reply = encode_error(exc)
     except StorageError as exc:
-        message = {"error": {"status": 503, "detail": exc.detail}}
+        reply = encode_error(Unavailable(exc.detail))
+    except ValidationError:
+        log.exception("call on %s was not understood", reply_key)
+        reply = encode_error(Unavailable("the worker did not understand the call"))
     except Exception:
         log.exception("call on %s failed", reply_key)
-        message = {"error": {"status": 503, "detail": "the worker failed to answer"}}
+        reply = encode_error(Unavailable("the worker failed to answer"))
     pipe = store.redis.pipeline()
-    pipe.rpush(reply_key, json.dumps(message))
-    pipe.expire(reply_key, tasks.REPLY_TTL_S)
+    pipe.rpush(reply_key, reply)
+    pipe.expire(reply_key, REPLY_TTL_S)
     pipe.execute()
 
 
-def _fitted(payload: dict[str, Any]) -> FittedModel:
-    fit_id = payload["fit_id"]
-    if not is_fit_id(fit_id):
+def _fitted(call: FittedCall) -> FittedModel:
+    if not is_fit_id(call.fit_id):
         raise NotFound("no such fit")
     try:
-        return context().cache.get(fit_id, payload.get("revision", ""))
+        return context().cache.get(call.fit_id, call.revision)
     except FileNotFoundError as exc:
         raise NotFound("the fit's results are not stored any more") from exc
 
 
-@app.task(name=tasks.PREDICT)
+@app.task(name=PredictCall.task)
 def predict_task(payload: dict[str, Any], reply_key: str) -> None:
     """Predict new rows from a fitted model and reply."""
 
-    def compute() -> Any:
-        fitted = _fitted(payload)
+    def compute() -> Predictions:
+        call = PredictCall.model_validate(payload)
+        fitted = _fitted(call)
         body = predict(
             fitted.model,
             fitted.posterior,
-            frame(payload["columns"], fitted.spec),
-            labels=frame(payload["columns"]),
-            kind=payload["kind"],
-            interval_kind=payload["interval"],
-            prob=payload["prob"],
-            seed=payload["seed"],
+            frame(call.columns, fitted.spec),
+            labels=frame(call.columns),
+            kind=call.kind,
+            interval_kind=call.interval,
+            prob=call.prob,
+            seed=call.seed,
         )
-        return {"fit_id": payload["fit_id"], **body}
+        return Predictions.model_validate({"fit_id": call.fit_id, **body})
 
-    _reply(reply_key, compute)
+    answer(reply_key, compute)
 
 
-@app.task(name=tasks.RESULTS)
-def results_task(payload: dict[str, Any], reply_key: str) -> None:
-    """Summary or group effects at a requested interval, and reply."""
+@app.task(name=SummaryCall.task)
+def summary_task(payload: dict[str, Any], reply_key: str) -> None:
+    """The summary at a requested interval, and reply."""
 
-    def compute() -> Any:
-        fitted = _fitted(payload)
-        shape = summarize if payload["what"] == "summary" else group_effects
-        return shape(
-            fitted.model, fitted.posterior, payload["fit_id"], payload["interval"], payload["prob"]
+    def compute() -> Summary:
+        call = SummaryCall.model_validate(payload)
+        fitted = _fitted(call)
+        return summarize(fitted.model, fitted.posterior, call.fit_id, call.interval, call.prob)
+
+    answer(reply_key, compute)
+
+
+@app.task(name=GroupsCall.task)
+def groups_task(payload: dict[str, Any], reply_key: str) -> None:
+    """One factor's group effects at a requested interval, and reply."""
+
+    def compute() -> GroupEffects:
+        call = GroupsCall.model_validate(payload)
+        fitted = _fitted(call)
+        groups = group_effects(
+            fitted.model, fitted.posterior, call.fit_id, call.interval, call.prob
         )
+        if call.factor not in groups:
+            raise NotFound(
+                f"the model has no grouping factor '{call.factor[:60]}'; it has {sorted(groups)}"
+            )
+        return groups[call.factor]
 
-    _reply(reply_key, compute)
+    answer(reply_key, compute)
 
 
-@app.task(name=tasks.DESCRIBE)
+@app.task(name=DescribeCall.task)
 def describe_task(payload: dict[str, Any], reply_key: str) -> None:
     """Build (but do not sample) a model and describe it: the dry run."""
 
-    def compute() -> Any:
-        spec = FitSpec.model_validate(payload["spec"])
-        return {**describe(build_model(spec)), "n_dropped": spec.n_dropped}
+    def compute() -> BaseModel:
+        call = DescribeCall.model_validate(payload)
+        return describe(build_model(call.spec), call.spec.n_dropped)
 
-    _reply(reply_key, compute)
+    answer(reply_key, compute)

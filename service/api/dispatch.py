@@ -1,9 +1,10 @@
 """The Celery producer: sends tasks by name, never importing the worker.
 
-``enqueue_fit`` queues a fit (its state lives in the job store). ``call`` is a synchronous
-request to an interactive worker (predictions, results at another interval, the dry run):
-it sends the task with a reply token and waits for the reply in Redis without holding a
-thread (an asyncio Redis client, one-second waits). While it waits it watches the worker:
+``enqueue_fit`` queues a fit (its state lives in the job store). ``call`` sends one of the
+calls of ``service.core.protocol`` to an interactive worker (predictions, results at
+another interval, the dry run) with a reply token, and waits for the reply in Redis without
+holding a thread (an asyncio Redis client, one-second waits); it returns the answer's JSON,
+which the route serves as it is. While it waits it watches the worker:
 
 - no live worker serves the queue: 503 with Retry-After at once, nothing sent;
 - the worker that took the call (``JobStore.call_key``) stopped announcing itself (it died
@@ -15,29 +16,19 @@ thread (an asyncio Redis client, one-second waits). While it waits it watches th
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from celery import Celery
 from redis import asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
-from service.core import tasks
-from service.core.errors import (
-    DamagedResults,
-    FieldError,
-    InvalidRequest,
-    NotFound,
-    ServiceError,
-    TooManyRequests,
-    Unavailable,
-)
+from service.core.errors import TooManyRequests, Unavailable
 from service.core.jobs import JobStore
+from service.core.protocol import FIT_TASK, Call, decode_reply
 from service.core.settings import Settings
 
 #: Seconds between looks at a pending call's worker.
@@ -75,7 +66,7 @@ class Dispatcher:
 
     def enqueue_fit(self, fit_id: str) -> None:
         """Queue a fit; the worker finds everything else in the job store and artifacts."""
-        self.celery.send_task(tasks.FIT, args=[fit_id], queue=self.settings.fit_queue)
+        self.celery.send_task(FIT_TASK, args=[fit_id], queue=self.settings.fit_queue)
 
     # ----------------------------------------------------------------- synchronous calls
 
@@ -112,26 +103,25 @@ class Dispatcher:
             if not self.in_flight_by_key[owner]:
                 del self.in_flight_by_key[owner]
 
-    async def call(self, name: str, payload: dict[str, Any], owner: str = "") -> Any:
-        """Run ``name`` on an interactive worker and return its answer, or raise the error
-        it reports."""
+    async def call(self, call: Call, owner: str = "") -> bytes:
+        """Run ``call`` on an interactive worker: its answer's JSON, or the error it met
+        raised again."""
         async with self._slot(owner):
             queue = self.settings.interactive_queue
             live = await run_in_threadpool(self.store.live_workers, queue)
             if not live:
                 raise Unavailable("no worker is answering calls right now; retry shortly", 10)
             token = uuid.uuid4().hex
-            reply_key = self.store.reply_key(token)
-            await self._send(name, payload, reply_key)
-            message = await self._await_reply(token, name, payload, queue)
-        if "ok" in message:
-            return message["ok"]
-        raise _error_from_reply(message["error"])
+            await self._send(call, self.store.reply_key(token))
+            raw = await self._await_reply(token, call, queue)
+        return decode_reply(raw)
 
-    async def _send(self, name: str, payload: dict[str, Any], reply_key: str) -> None:
+    async def _send(self, call: Call, reply_key: str) -> None:
+        payload = call.model_dump(mode="json")
+
         def send() -> None:
             self.celery.send_task(
-                name,
+                call.task,
                 args=[payload, reply_key],
                 queue=self.settings.interactive_queue,
                 expires=self.settings.reply_timeout_s,
@@ -139,9 +129,7 @@ class Dispatcher:
 
         await run_in_threadpool(send)
 
-    async def _await_reply(
-        self, token: str, name: str, payload: dict[str, Any], queue: str
-    ) -> dict[str, Any]:
+    async def _await_reply(self, token: str, call: Call, queue: str) -> bytes:
         reply_key = self.store.reply_key(token)
         deadline = time.monotonic() + self.settings.reply_timeout_s
         sends = 1
@@ -149,8 +137,8 @@ class Dispatcher:
         while time.monotonic() < deadline:
             reply = await self.replies.blpop([reply_key], timeout=LOOK_S)
             if reply is not None:
-                answer: dict[str, Any] = json.loads(reply[1])
-                return answer
+                raw = reply[1]
+                return raw if isinstance(raw, bytes) else raw.encode()
             taker = await self.replies.get(self.store.call_key(token))
             live = await run_in_threadpool(self.store.live_workers, queue)
             if live:
@@ -163,22 +151,10 @@ class Dispatcher:
             if taken_by is not None and live and taken_by not in live and sends < MAX_SENDS:
                 sends += 1  # the worker that took the call died: send it to a live one
                 await self.replies.delete(self.store.call_key(token))
-                await self._send(name, payload, reply_key)
+                await self._send(call, reply_key)
         raise Unavailable("no worker answered in time; retry shortly", retry_after=10)
 
     async def close(self) -> None:
         """Close the reply client."""
         if self._replies is not None:
             await self._replies.aclose()
-
-
-def _error_from_reply(error: dict[str, Any]) -> ServiceError:
-    status = error.get("status")
-    detail = str(error.get("detail", "the worker could not answer"))
-    if status == 422:
-        return InvalidRequest([FieldError(e["field"], e["message"]) for e in error["errors"]])
-    if status == 404:
-        return NotFound(detail)
-    if status == 500:
-        return DamagedResults(detail)
-    return Unavailable(detail)

@@ -8,7 +8,7 @@ Handlers that wait on a worker are ``async``: they hold no thread while they wai
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
@@ -21,9 +21,16 @@ from service.api.deps import Caller, Services
 from service.api.problems import documented
 from service.api.security import CallerDep
 from service.api.submissions import count_call, submit_fit
-from service.core import tasks
+from service.core.artifacts import (
+    DIAGNOSTICS_FILE,
+    FACTORS_FILE,
+    GROUPS_FILE,
+    PRIORS_FILE,
+    SUMMARY_FILE,
+)
 from service.core.csvdata import parse_csv
 from service.core.errors import InvalidRequest, NotFound, Unavailable
+from service.core.protocol import DescribeCall, GroupsCall, PredictCall, SummaryCall
 from service.core.schemas import (
     DEFAULT_PROB,
     Diagnostics,
@@ -32,7 +39,6 @@ from service.core.schemas import (
     FitStatus,
     GroupEffects,
     GroupFactors,
-    GroupInfo,
     Health,
     IntervalKind,
     ModelDescription,
@@ -158,32 +164,40 @@ def delete_fit(fit_id: str, caller: CallerDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/fits/{fit_id}/summary", tags=["results"], responses=documented(*RESULT_ERRORS))
+@router.get(
+    "/fits/{fit_id}/summary",
+    tags=["results"],
+    response_model=Summary,
+    responses=documented(*RESULT_ERRORS),
+)
 async def get_summary(
     fit_id: str, caller: CallerDep, prob: ProbQuery = DEFAULT_PROB, interval: KindQuery = "hdi"
-) -> Summary:
+) -> Response:
     """Posterior mean, sd, interval and MCSE of every parameter."""
-    body = await _results(caller, fit_id, "summary", interval, prob)
-    return Summary.model_validate(body)
-
-
-@router.get("/fits/{fit_id}/groups", tags=["results"], responses=documented(*RESULT_ERRORS))
-async def list_groups(fit_id: str, caller: CallerDep) -> GroupFactors:
-    """The grouping factors of a fit, with their level counts and terms."""
-    groups = await _results(caller, fit_id, "groups", "hdi", DEFAULT_PROB)
-    factors = [
-        GroupInfo(
-            factor=name,
-            levels=len(body["levels"]),
-            terms=sorted({e["term"] for level in body["levels"] for e in level["effects"]}),
-        )
-        for name, body in groups.items()
-    ]
-    return GroupFactors(fit_id=fit_id, factors=factors)
+    if interval == "hdi" and prob == DEFAULT_PROB:
+        return await _stored(caller, fit_id, SUMMARY_FILE)
+    call = await run_in_threadpool(
+        lambda: SummaryCall(**_fitted(caller, fit_id), interval=interval, prob=prob)
+    )
+    return _json(await caller.services.dispatcher.call(call, caller.owner))
 
 
 @router.get(
-    "/fits/{fit_id}/groups/{factor}", tags=["results"], responses=documented(*RESULT_ERRORS)
+    "/fits/{fit_id}/groups",
+    tags=["results"],
+    response_model=GroupFactors,
+    responses=documented(*RESULT_ERRORS),
+)
+async def list_groups(fit_id: str, caller: CallerDep) -> Response:
+    """The grouping factors of a fit, with their level counts and terms."""
+    return await _stored(caller, fit_id, FACTORS_FILE)
+
+
+@router.get(
+    "/fits/{fit_id}/groups/{factor}",
+    tags=["results"],
+    response_model=GroupEffects,
+    responses=documented(*RESULT_ERRORS),
 )
 async def get_groups(
     fit_id: str,
@@ -191,107 +205,121 @@ async def get_groups(
     caller: CallerDep,
     prob: ProbQuery = DEFAULT_PROB,
     interval: KindQuery = "hdi",
-) -> GroupEffects:
+) -> Response:
     """Each level of a grouping factor: its partially pooled effect (ranef) and total (coef)."""
-    groups = await _results(caller, fit_id, "groups", interval, prob)
-    if factor not in groups:
-        raise NotFound(f"the model has no grouping factor '{factor[:60]}'; it has {sorted(groups)}")
-    return GroupEffects.model_validate(groups[factor])
+    if interval == "hdi" and prob == DEFAULT_PROB:
 
+        def stored() -> Response:
+            caller.succeeded(fit_id)
+            artifacts = caller.services.artifacts
+            files = json.loads(artifacts.read_result(fit_id, GROUPS_FILE))
+            if factor not in files:
+                raise NotFound(
+                    f"the model has no grouping factor '{factor[:60]}'; it has {sorted(files)}"
+                )
+            return _json(artifacts.read_result(fit_id, files[factor]))
 
-@router.get("/fits/{fit_id}/diagnostics", tags=["results"], responses=documented(*RESULT_ERRORS))
-def get_diagnostics(fit_id: str, caller: CallerDep) -> Diagnostics:
-    """R-hat, ESS, divergences and a plain-language verdict."""
-    caller.succeeded(fit_id)
-    return Diagnostics.model_validate(
-        caller.services.artifacts.read_json(fit_id, "diagnostics.json")
+        return await run_in_threadpool(stored)
+    call = await run_in_threadpool(
+        lambda: GroupsCall(**_fitted(caller, fit_id), factor=factor, interval=interval, prob=prob)
     )
+    return _json(await caller.services.dispatcher.call(call, caller.owner))
 
 
-@router.get("/fits/{fit_id}/priors", tags=["results"], responses=documented(*RESULT_ERRORS))
-def get_priors(fit_id: str, caller: CallerDep) -> Priors:
+@router.get(
+    "/fits/{fit_id}/diagnostics",
+    tags=["results"],
+    response_model=Diagnostics,
+    responses=documented(*RESULT_ERRORS),
+)
+async def get_diagnostics(fit_id: str, caller: CallerDep) -> Response:
+    """R-hat, ESS, divergences and a plain-language verdict."""
+    return await _stored(caller, fit_id, DIAGNOSTICS_FILE)
+
+
+@router.get(
+    "/fits/{fit_id}/priors",
+    tags=["results"],
+    response_model=Priors,
+    responses=documented(*RESULT_ERRORS),
+)
+async def get_priors(fit_id: str, caller: CallerDep) -> Response:
     """Every prior the fit used, Bambi's data-scaled defaults included."""
-    caller.succeeded(fit_id)
-    return Priors.model_validate(caller.services.artifacts.read_json(fit_id, "priors.json"))
+    return await _stored(caller, fit_id, PRIORS_FILE)
 
 
 @router.post(
     "/fits/{fit_id}/predictions",
     tags=["results"],
+    response_model=Predictions,
     responses=documented(*RESULT_ERRORS),
     openapi_extra=body_schema(PredictionRequest),
 )
-async def predict(fit_id: str, request: Request, caller: CallerDep) -> Predictions:
+async def predict(fit_id: str, request: Request, caller: CallerDep) -> Response:
     """Predict new rows, for groups seen in training or new ones."""
     limits = DataLimits.for_predictions(caller.settings)
     prediction = await read_model(request, PredictionRequest, limits)
-    payload = await run_in_threadpool(_prediction_payload, caller, fit_id, prediction)
-    answer = await caller.services.dispatcher.call(tasks.PREDICT, payload, caller.owner)
-    return Predictions.model_validate(answer)
+    call = await run_in_threadpool(_predict_call, caller, fit_id, prediction)
+    return _json(await caller.services.dispatcher.call(call, caller.owner))
 
 
 @router.post(
     "/models/validate",
     tags=["models"],
+    response_model=ModelDescription,
     responses=documented(*COMMON, 422, 429),
     openapi_extra=body_schema(FitRequest),
 )
-async def validate_model(request: Request, caller: CallerDep) -> ModelDescription:
+async def validate_model(request: Request, caller: CallerDep) -> Response:
     """Dry run: check a fit request and describe the model (terms, groups, parameters,
     priors) without sampling."""
     fit_request = await read_model(request, FitRequest, DataLimits.for_fits(caller.settings))
 
-    def validated() -> dict[str, Any]:
+    def validated() -> DescribeCall:
         spec, _ = validate_fit_request(fit_request, caller.settings)
         count_call(caller)
-        return {"spec": spec.model_dump(mode="json")}
+        return DescribeCall(spec=spec)
 
-    payload = await run_in_threadpool(validated)
-    answer = await caller.services.dispatcher.call(tasks.DESCRIBE, payload, caller.owner)
-    return ModelDescription.model_validate(answer)
+    call = await run_in_threadpool(validated)
+    return _json(await caller.services.dispatcher.call(call, caller.owner))
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-async def _results(
-    caller: Caller, fit_id: str, what: str, interval: IntervalKind, prob: float
-) -> Any:
-    """Stored results at the default interval; other intervals are computed by a worker."""
-    if interval == "hdi" and prob == DEFAULT_PROB:
-
-        def stored() -> Any:
-            caller.succeeded(fit_id)
-            return caller.services.artifacts.read_json(fit_id, f"{what}.json")
-
-        return await run_in_threadpool(stored)
-
-    def payload() -> dict[str, Any]:
-        record = caller.succeeded(fit_id)
-        count_call(caller)
-        return {
-            "fit_id": fit_id,
-            "revision": record.created_at.isoformat(),
-            "what": what,
-            "interval": interval,
-            "prob": prob,
-        }
-
-    call = await run_in_threadpool(payload)
-    return await caller.services.dispatcher.call(tasks.RESULTS, call, caller.owner)
+def _json(body: bytes) -> Response:
+    """A JSON answer built and validated elsewhere (a worker, or a stored result)."""
+    return Response(body, media_type="application/json")
 
 
-def _prediction_payload(caller: Caller, fit_id: str, request: PredictionRequest) -> dict[str, Any]:
+async def _stored(caller: Caller, fit_id: str, name: str) -> Response:
+    """A result stored when the fit succeeded, served as it was written."""
+
+    def read() -> Response:
+        caller.succeeded(fit_id)
+        return _json(caller.services.artifacts.read_result(fit_id, name))
+
+    return await run_in_threadpool(read)
+
+
+def _fitted(caller: Caller, fit_id: str) -> dict[str, str]:
+    """What a call about a succeeded fit names (its id and revision), counted as a call."""
+    record = caller.succeeded(fit_id)
+    count_call(caller)
+    return {"fit_id": fit_id, "revision": record.created_at.isoformat()}
+
+
+def _predict_call(caller: Caller, fit_id: str, request: PredictionRequest) -> PredictCall:
     record = caller.succeeded(fit_id)
     spec = caller.services.artifacts.read_spec(fit_id)
     columns = validate_prediction_data(request.data, spec, caller.settings)
     count_call(caller)
-    return {
-        "fit_id": fit_id,
-        "revision": record.created_at.isoformat(),
-        "columns": columns,
+    return PredictCall(
+        fit_id=fit_id,
+        revision=record.created_at.isoformat(),
+        columns=columns,
         **request.model_dump(exclude={"data"}),
-    }
+    )
 
 
 def _csv_request(caller: Caller, file: UploadFile, request: str) -> FitRequest:

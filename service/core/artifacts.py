@@ -3,7 +3,9 @@
 {data_dir}/fits/{id}/spec.json          the validated request the worker runs
 {data_dir}/fits/{id}/posterior.nc       posterior draws and sampler statistics (netCDF)
 {data_dir}/fits/{id}/summary.json       results at the default interval, ready to serve
-{data_dir}/fits/{id}/groups.json
+{data_dir}/fits/{id}/groups.json         which file holds each factor's group effects:
+{data_dir}/fits/{id}/group-{i}.json      one factor's group effects at the default interval
+{data_dir}/fits/{id}/factors.json        the grouping factors, their levels and terms
 {data_dir}/fits/{id}/diagnostics.json
 {data_dir}/fits/{id}/priors.json
 {data_dir}/fits/{id}/results.json       written last: the manifest saying the results are
@@ -19,6 +21,7 @@ permanent error for that fit, never a retry loop.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +41,17 @@ from service.core.schemas import FitSpec
 log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.json"
+SUMMARY_FILE = "summary.json"
+GROUPS_FILE = "groups.json"
+FACTORS_FILE = "factors.json"
+DIAGNOSTICS_FILE = "diagnostics.json"
+PRIORS_FILE = "priors.json"
 MANIFEST_FILE = "results.json"
+
+
+def group_file(index: int) -> str:
+    """The file of the ``index``-th grouping factor's effects."""
+    return f"group-{index}.json"
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -121,6 +134,21 @@ class Artifacts:
             return json.loads(self.read_bytes(fit_id, name))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise self.damaged(fit_id, name) from exc
+
+    def read_result(self, fit_id: str, name: str) -> bytes:
+        """A result file of a fit, checked against the SHA-256 its manifest recorded
+        (DamagedResults if it differs): served as it is, it is never parsed."""
+        payload = self.read_bytes(fit_id, name)
+        try:
+            manifest = self.read_json(fit_id, MANIFEST_FILE)
+        except FileNotFoundError:
+            manifest = {}
+        expected = (manifest.get("files") or {}).get(name)
+        if expected is None:  # no digest recorded: at least the JSON must parse
+            self.read_json(fit_id, name)
+        elif hashlib.sha256(payload).hexdigest() != expected:
+            raise self.damaged(fit_id, name)
+        return payload
 
     def damaged(self, fit_id: str, name: str) -> DamagedResults:
         """The error for a stored file that cannot be read back (and log it)."""

@@ -28,7 +28,7 @@ class RecordingDispatcher:
     def enqueue_fit(self, fit_id: str) -> None:
         self.fits.append(fit_id)
 
-    async def call(self, name: str, payload: dict[str, Any], owner: str = "") -> Any:
+    async def call(self, call: Any, owner: str = "") -> bytes:
         raise AssertionError("no synchronous call expected in these tests")
 
     async def close(self) -> None:
@@ -413,16 +413,18 @@ def test_refused_requests_do_not_count_against_the_submission_quota(tmp_path: Pa
 class AnsweringDispatcher(RecordingDispatcher):
     """Answers dry runs as a worker would."""
 
-    async def call(self, name: str, payload: dict[str, Any], owner: str = "") -> Any:
-        return {
-            "formula": "score ~ (1 | school)",
-            "family": "gaussian",
-            "n_obs": 5,
-            "n_dropped": 0,
-            "n_parameters": 5,
-            "groups": [],
-            "priors": [],
-        }
+    async def call(self, call: Any, owner: str = "") -> bytes:
+        return json.dumps(
+            {
+                "formula": "score ~ (1 | school)",
+                "family": "gaussian",
+                "n_obs": 5,
+                "n_dropped": 0,
+                "n_parameters": 5,
+                "groups": [],
+                "priors": [],
+            }
+        ).encode()
 
 
 def test_calls_that_need_a_worker_have_their_own_quota(tmp_path: Path) -> None:

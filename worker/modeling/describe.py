@@ -7,6 +7,7 @@ from typing import Any
 import bambi as bmb
 import numpy as np
 
+from service.core.schemas import GroupInfo, ModelDescription, PriorUsed
 from worker.modeling.summaries import group_terms
 
 
@@ -25,34 +26,35 @@ def prior_dict(prior: bmb.Prior) -> dict[str, Any]:
     return {"dist": prior.name, "params": {k: _value(v) for k, v in prior.args.items()}}
 
 
-def priors_used(model: bmb.Model) -> list[dict[str, Any]]:
+def priors_used(model: bmb.Model) -> list[PriorUsed]:
     """Every prior the model uses, defaults included (as brms' ``prior_summary``)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[PriorUsed] = []
     for component in model.conditional_parameters.values():
         for term in component.terms.values():
             if not isinstance(term.prior, bmb.Prior):
                 continue  # an offset: a fixed column, no parameter
             kind = "group" if "|" in term.name else "common"
-            rows.append({"term": term.name, "kind": kind, **prior_dict(term.prior)})
+            rows.append(PriorUsed(term=term.name, kind=kind, **prior_dict(term.prior)))
     for name, component in model.marginal_parameters.items():
-        rows.append({"term": name, "kind": "auxiliary", **prior_dict(component.prior)})
+        rows.append(PriorUsed(term=name, kind="auxiliary", **prior_dict(component.prior)))
     return rows
 
 
-def describe(model: bmb.Model) -> dict[str, Any]:
+def describe(model: bmb.Model, n_dropped: int = 0) -> ModelDescription:
     """The dry run's answer: terms, grouping factors with level counts, parameters, priors."""
     model.build()
     free = model.backend.model.free_RVs
     n_parameters = sum(int(np.prod(rv.shape.eval())) for rv in free)
     groups = [
-        {"factor": factor, "levels": len(terms[0].groups), "terms": [t.name for t in terms]}
+        GroupInfo(factor=factor, levels=len(terms[0].groups), terms=[t.name for t in terms])
         for factor, terms in group_terms(model).items()
     ]
-    return {
-        "formula": str(model.formula.main),
-        "family": model.family.name,
-        "n_obs": len(model.data),
-        "n_parameters": n_parameters,
-        "groups": groups,
-        "priors": priors_used(model),
-    }
+    return ModelDescription(
+        formula=str(model.formula.main),
+        family=model.family.name,
+        n_obs=len(model.data),
+        n_dropped=n_dropped,
+        n_parameters=n_parameters,
+        groups=groups,
+        priors=priors_used(model),
+    )

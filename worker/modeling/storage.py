@@ -12,15 +12,24 @@ again.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
 import bambi as bmb
 import xarray as xr
+from pydantic import BaseModel, RootModel
 
-from service.core.artifacts import MANIFEST_FILE, Artifacts
+from service.core.artifacts import (
+    DIAGNOSTICS_FILE,
+    FACTORS_FILE,
+    GROUPS_FILE,
+    MANIFEST_FILE,
+    PRIORS_FILE,
+    SUMMARY_FILE,
+    Artifacts,
+    group_file,
+)
 from service.core.errors import DamagedResults
-from service.core.schemas import FitSpec
+from service.core.schemas import FitSpec, GroupFactors, GroupInfo, Priors
 from worker.modeling.describe import priors_used
 from worker.modeling.parameterization import Choice
 from worker.modeling.summaries import DEFAULT_INTERVAL, diagnose, group_effects, summarize
@@ -88,21 +97,44 @@ def result_files(
     choice: Choice | None = None,
     likelihood: str | None = None,
 ) -> dict[str, bytes | memoryview]:
-    """Every result file's content: the posterior, then the summary, group effects,
-    diagnostics and priors as JSON."""
+    """Every result file's content: the posterior, then the response models the API serves
+    as they are (summary, group effects by factor, the factors, diagnostics, priors)."""
     kind, prob = DEFAULT_INTERVAL
-    results = {
-        "summary.json": summarize(model, posterior, fit_id, kind, prob),
-        "groups.json": group_effects(model, posterior, fit_id, kind, prob),
-        "diagnostics.json": diagnose(model, posterior, sample_stats, fit_id)
-        | (choice.diagnostics() if choice else {})
-        | ({"likelihood": likelihood} if likelihood else {}),
-        "priors.json": {"fit_id": fit_id, "priors": priors_used(model)},
+    groups = group_effects(model, posterior, fit_id, kind, prob)
+    factors = GroupFactors(
+        fit_id=fit_id,
+        factors=[
+            GroupInfo(
+                factor=name,
+                levels=len(effects.levels),
+                terms=sorted({e.term for level in effects.levels for e in level.effects}),
+            )
+            for name, effects in groups.items()
+        ],
+    )
+    diagnostics = diagnose(
+        model,
+        posterior,
+        sample_stats,
+        fit_id,
+        parameterization=choice.parameterization if choice else None,
+        parameterization_reason=choice.reason if choice else None,
+        likelihood=likelihood,
+    )
+    models: dict[str, BaseModel] = {
+        SUMMARY_FILE: summarize(model, posterior, fit_id, kind, prob),
+        GROUPS_FILE: RootModel[dict[str, str]](
+            {factor: group_file(i) for i, factor in enumerate(groups)}
+        ),
+        **{group_file(i): effects for i, effects in enumerate(groups.values())},
+        FACTORS_FILE: factors,
+        DIAGNOSTICS_FILE: diagnostics,
+        PRIORS_FILE: Priors(fit_id=fit_id, priors=priors_used(model)),
     }
     files: dict[str, bytes | memoryview] = {
         POSTERIOR_FILE: posterior_bytes(posterior, sample_stats)
     }
-    files |= {name: json.dumps(body).encode() for name, body in results.items()}
+    files |= {name: body.model_dump_json().encode() for name, body in models.items()}
     return files
 
 
@@ -117,10 +149,12 @@ def write_results(
     files: dict[str, bytes | memoryview],
     manifest: dict[str, Any],
 ) -> None:
-    """Write every result file, then the manifest that says they are complete."""
+    """Write every result file, then the manifest that says they are complete and holds
+    each file's SHA-256 (the API checks a file against it before serving it)."""
     for name, payload in files.items():
         artifacts.write_bytes(fit_id, name, payload)
-    artifacts.write_json(fit_id, MANIFEST_FILE, manifest)
+    digests = {name: hashlib.sha256(payload).hexdigest() for name, payload in files.items()}
+    artifacts.write_json(fit_id, MANIFEST_FILE, manifest | {"files": digests})
 
 
 def stored_manifest(artifacts: Artifacts, fit_id: str, spec: FitSpec) -> dict[str, Any] | None:

@@ -19,7 +19,20 @@ import numpy as np
 import xarray as xr
 from bambi.utils import get_aliased_name
 
-from service.core.schemas import DEFAULT_PROB, IntervalKind
+from service.core.schemas import (
+    DEFAULT_PROB,
+    Diagnostics,
+    Estimate,
+    GroupEffects,
+    GroupLevel,
+    Interval,
+    IntervalKind,
+    LevelEffect,
+    ParameterDiagnostics,
+    ParameterSummary,
+    Summary,
+    Verdict,
+)
 from worker.modeling import mcmc_stats
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -140,32 +153,33 @@ def _rows(
 
 def summarize(
     model: bmb.Model, posterior: xr.Dataset, fit_id: str, kind: IntervalKind, prob: float
-) -> dict[str, Any]:
+) -> Summary:
     """The summary resource: every fixed effect, group SD and auxiliary parameter."""
     roles = parameter_roles(model)
     names = [n for n in roles if n in posterior]
     rows = _rows(posterior[names], kind, prob, SUMMARY)
-    for row in rows:
-        role = roles[row["name"]]
-        row |= {"kind": role.kind, "term": role.term}
-    return {"fit_id": fit_id, "interval": {"kind": kind, "prob": prob}, "parameters": rows}
+    parameters = [
+        ParameterSummary(**row, kind=roles[row["name"]].kind, term=roles[row["name"]].term)
+        for row in rows
+    ]
+    return Summary(fit_id=fit_id, interval=Interval(kind=kind, prob=prob), parameters=parameters)
 
 
 def group_effects(
     model: bmb.Model, posterior: xr.Dataset, fit_id: str, kind: IntervalKind, prob: float
-) -> dict[str, Any]:
+) -> dict[str, GroupEffects]:
     """For each grouping factor, every level's ranef and coef (fixed part + ranef)."""
-    result: dict[str, Any] = {}
+    result: dict[str, GroupEffects] = {}
     for factor, terms in group_terms(model).items():
-        levels: dict[str, dict[str, Any]] = {}
+        levels: dict[str, GroupLevel] = {}
         for term in terms:
             _add_term_levels(term, posterior, kind, prob, levels)
-        result[factor] = {
-            "fit_id": fit_id,
-            "factor": factor,
-            "interval": {"kind": kind, "prob": prob},
-            "levels": list(levels.values()),
-        }
+        result[factor] = GroupEffects(
+            fit_id=fit_id,
+            factor=factor,
+            interval=Interval(kind=kind, prob=prob),
+            levels=list(levels.values()),
+        )
     return result
 
 
@@ -189,7 +203,11 @@ def _fixed_counterpart(term: Any, posterior: xr.Dataset) -> xr.DataArray | None:
 
 
 def _add_term_levels(
-    term: Any, posterior: xr.Dataset, kind: IntervalKind, prob: float, levels: dict[str, Any]
+    term: Any,
+    posterior: xr.Dataset,
+    kind: IntervalKind,
+    prob: float,
+    levels: dict[str, GroupLevel],
 ) -> None:
     name = get_aliased_name(term)
     ranef = posterior[name]
@@ -206,34 +224,42 @@ def _add_term_levels(
     other_dims = [d for d in ranef.dims if d not in (*SAMPLE_DIMS, factor_dim)]
     for i, level in enumerate(ranef[factor_dim].values):
         entry = levels.setdefault(
-            str(level), {"level": str(level), "n_obs": int(counts[i]), "effects": []}
+            str(level), GroupLevel(level=str(level), n_obs=int(counts[i]), effects=[])
         )
         for extra in np.ndindex(*(ranef.sizes[d] for d in other_dims)):
             sub = {d: ranef[d].values[j] for d, j in zip(other_dims, extra, strict=True)}
             coords = {factor_dim: level, **sub}
             label = _label({d: coords[d] for d in ranef.dims if d not in SAMPLE_DIMS})
             term_name = name if not sub else f"{name}[{_label(sub)}]"
-            entry["effects"].append(
-                {
-                    "term": term_name,
-                    "ranef": _estimate(by_level[("ranef", label)]),  # type: ignore[index]
-                    "coef": (
+            entry.effects.append(
+                LevelEffect(
+                    term=term_name,
+                    ranef=_estimate(by_level[("ranef", label)]),  # type: ignore[index]
+                    coef=(
                         _estimate(by_level[("coef", label)])  # type: ignore[index]
                         if fixed is not None
                         else None
                     ),
-                }
+                )
             )
 
 
-def _estimate(row: dict[str, Any]) -> dict[str, float]:
-    return {k: row[k] for k in ("mean", "sd", "lower", "upper")}
+def _estimate(row: dict[str, Any]) -> Estimate:
+    return Estimate(mean=row["mean"], sd=row["sd"], lower=row["lower"], upper=row["upper"])
 
 
 def diagnose(
-    model: bmb.Model, posterior: xr.Dataset, sample_stats: xr.Dataset, fit_id: str
-) -> dict[str, Any]:
-    """R-hat, ESS and sampler checks with a verdict and plain-language warnings."""
+    model: bmb.Model,
+    posterior: xr.Dataset,
+    sample_stats: xr.Dataset,
+    fit_id: str,
+    *,
+    parameterization: str | None = None,
+    parameterization_reason: str | None = None,
+    likelihood: str | None = None,
+) -> Diagnostics:
+    """R-hat, ESS and sampler checks with a verdict and plain-language warnings, and how
+    the fit was sampled (parameterization, likelihood)."""
     roles = parameter_roles(model)
     group_names = [get_aliased_name(t) for ts in group_terms(model).values() for t in ts]
     names = [
@@ -250,18 +276,18 @@ def diagnose(
     )
     ebfmi = _ebfmi(sample_stats)
     params = [
-        {
-            "name": r["name"] if r["level"] is None else f"{r['name']}[{r['level']}]",
-            "r_hat": r["r_hat"],
-            "ess_bulk": r["ess_bulk"],
-            "ess_tail": r["ess_tail"],
-            "mcse_mean": r["mcse_mean"],
-        }
+        ParameterDiagnostics(
+            name=r["name"] if r["level"] is None else f"{r['name']}[{r['level']}]",
+            r_hat=r["r_hat"],
+            ess_bulk=r["ess_bulk"],
+            ess_tail=r["ess_tail"],
+            mcse_mean=r["mcse_mean"],
+        )
         for r in rows
     ]
-    max_rhat = max(p["r_hat"] for p in params)
-    min_bulk = min(p["ess_bulk"] for p in params)
-    min_tail = min(p["ess_tail"] for p in params)
+    max_rhat = max(p.r_hat for p in params)
+    min_bulk = min(p.ess_bulk for p in params)
+    min_tail = min(p.ess_tail for p in params)
     verdict, warnings = verdict_for(
         chains=chains,
         draws=draws,
@@ -273,25 +299,28 @@ def diagnose(
         ebfmi=ebfmi,
         worst={k: _worst(params, k) for k in ("r_hat", "ess_bulk", "ess_tail")},
     )
-    return {
-        "fit_id": fit_id,
-        "verdict": verdict,
-        "warnings": warnings,
-        "chains": chains,
-        "draws": draws,
-        "divergences": divergences,
-        "max_treedepth_hits": depth_hits,
-        "ebfmi": ebfmi,
-        "max_r_hat": max_rhat,
-        "min_ess_bulk": min_bulk,
-        "min_ess_tail": min_tail,
-        "parameters": params,
-    }
+    return Diagnostics(
+        fit_id=fit_id,
+        verdict=Verdict(verdict),
+        warnings=warnings,
+        chains=chains,
+        draws=draws,
+        divergences=divergences,
+        max_treedepth_hits=depth_hits,
+        ebfmi=ebfmi,
+        max_r_hat=max_rhat,
+        min_ess_bulk=min_bulk,
+        min_ess_tail=min_tail,
+        parameters=params,
+        parameterization=parameterization,
+        parameterization_reason=parameterization_reason,
+        likelihood=likelihood,
+    )
 
 
-def _worst(params: list[dict[str, Any]], key: str) -> str:
+def _worst(params: list[ParameterDiagnostics], key: str) -> str:
     pick = max if key == "r_hat" else min
-    return str(pick(params, key=lambda p: p[key])["name"])
+    return pick(params, key=lambda p: float(getattr(p, key))).name
 
 
 def _ebfmi(sample_stats: xr.Dataset) -> list[float]:

@@ -1,0 +1,139 @@
+"""The contract between the API and the workers: every call as one pydantic model, and one
+reply envelope, encoded and decoded by the code here on both sides.
+
+    call            task           the worker answers with
+    --------------  -------------  ------------------------------------------------------
+    (a fit id)      hbm.fit        nothing: a fit's state lives in the job store
+    PredictCall     hbm.predict    Predictions
+    SummaryCall     hbm.summary    Summary at another interval
+    GroupsCall      hbm.groups     GroupEffects of one factor at another interval
+    DescribeCall    hbm.describe   ModelDescription (the dry run)
+
+A call travels as its JSON (Celery's JSON serializer) and is validated again by the
+worker. The worker answers by pushing one reply to ``JobStore.reply_key(token)``: either
+``b"ok\\n"`` followed by the response model's JSON, which the API serves as it is (built and
+validated once, by the worker), or ``b"error\\n"`` followed by a ``ReplyError``, which the
+API turns back into the error the worker met (422 with its fields, 404, 500 for damaged
+results, 503 for anything else).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.core.errors import (
+    DamagedResults,
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    Unavailable,
+)
+from service.core.schemas import Columns, FitSpec, IntervalKind
+
+FIT_TASK = "hbm.fit"
+#: How long a reply waits in Redis for the API to collect it.
+REPLY_TTL_S = 300
+
+_OK = b"ok\n"
+_ERROR = b"error\n"
+
+
+class Call(BaseModel):
+    """A synchronous call to an interactive worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    task: ClassVar[str]
+
+
+class FittedCall(Call):
+    """A call about a fitted model. ``revision`` (when its record was created) keeps a
+    worker's cached model from answering for another fit."""
+
+    fit_id: str
+    revision: str
+
+
+class PredictCall(FittedCall):
+    """Predict new rows (already validated against the fit's spec)."""
+
+    task: ClassVar[str] = "hbm.predict"
+    columns: Columns
+    kind: Literal["mean", "response"]
+    interval: IntervalKind
+    prob: float
+    seed: int | None = None
+
+
+class SummaryCall(FittedCall):
+    """The summary at another interval than the stored one."""
+
+    task: ClassVar[str] = "hbm.summary"
+    interval: IntervalKind
+    prob: float
+
+
+class GroupsCall(FittedCall):
+    """One factor's group effects at another interval than the stored one."""
+
+    task: ClassVar[str] = "hbm.groups"
+    factor: str
+    interval: IntervalKind
+    prob: float
+
+
+class DescribeCall(Call):
+    """Build (but do not sample) a model: the dry run."""
+
+    task: ClassVar[str] = "hbm.describe"
+    spec: FitSpec
+
+
+CALLS: tuple[type[Call], ...] = (PredictCall, SummaryCall, GroupsCall, DescribeCall)
+
+
+class ReplyError(BaseModel):
+    """An error a worker met answering a call."""
+
+    status: int
+    detail: str
+    errors: list[tuple[str, str]] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------------ worker side
+
+
+def encode_answer(answer: BaseModel) -> bytes:
+    """A reply with the call's answer."""
+    return _OK + answer.model_dump_json().encode()
+
+
+def encode_error(error: ServiceError) -> bytes:
+    """A reply with the error met (what is not a 422, 404 or 500 becomes a 503)."""
+    status = error.status if error.status in (404, 422, 500) else 503
+    fields = error.errors if isinstance(error, InvalidRequest) else []
+    reply = ReplyError(
+        status=status, detail=error.detail, errors=[(e.field, e.message) for e in fields]
+    )
+    return _ERROR + reply.model_dump_json().encode()
+
+
+# --------------------------------------------------------------------------- API side
+
+
+def decode_reply(raw: bytes) -> bytes:
+    """The answer's JSON, or the error the worker met raised again."""
+    if raw.startswith(_OK):
+        return raw[len(_OK) :]
+    if not raw.startswith(_ERROR):
+        raise Unavailable("the worker's answer could not be read; retry shortly")
+    error = ReplyError.model_validate_json(raw[len(_ERROR) :])
+    if error.status == 422:
+        raise InvalidRequest([FieldError(field, message) for field, message in error.errors])
+    if error.status == 404:
+        raise NotFound(error.detail)
+    if error.status == 500:
+        raise DamagedResults(error.detail)
+    raise Unavailable(error.detail, retry_after=10)
