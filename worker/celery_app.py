@@ -27,31 +27,18 @@ import threading
 from functools import partial
 from typing import Any
 
-import psutil
-from billiard import pool as billiard_pool
 from celery import Celery
 from celery.signals import worker_init, worker_ready, worker_shutting_down
 
 from service.core.jobs import JobStore
 from service.core.settings import get_settings
+from worker.patches import read_current_rss_in_billiard
 from worker.resilience import best_effort
 
 log = logging.getLogger(__name__)
 
 settings = get_settings()
 
-
-def current_rss_kb() -> int:
-    """This process's resident memory now, in KiB."""
-    return int(psutil.Process().memory_info().rss // 1024)
-
-
-# After each task, billiard replaces a pool process above ``worker_max_memory_per_child``,
-# but on Linux it reads the process's peak RSS (ru_maxrss): once a fit had peaked above the
-# limit (a 100,000-row model does while Bambi builds it), the process was replaced after
-# every later task, compiled models and all. The limit is meant for what a process holds
-# after a task, so that is what it reads now.
-billiard_pool.mem_rss = current_rss_kb
 
 app = Celery("hbm-worker", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
@@ -75,7 +62,9 @@ app.conf.update(
 
 @worker_init.connect
 def _warm_up(**_: Any) -> None:
-    """Fit workers compile a tiny model before forking their pool (see worker.warmup)."""
+    """Before the pool forks: billiard judges pool processes by the memory they hold (see
+    worker.patches), and fit workers compile a tiny model (see worker.warmup)."""
+    read_current_rss_in_billiard()
     if settings.warm_up:
         import gc
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import bambi as bmb
@@ -12,33 +10,17 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
-from formulae.categorical import ContrastMatrix, Treatment
 from scipy import sparse
 
 from service.core.errors import FitFailed
 from service.core.formula import check_formula
 from service.core.schemas import FitSpec, PriorSpec, Scalar
+from worker.patches import in_a_clean_frame, one_byte_indicators
 
 log = logging.getLogger(__name__)
 
 #: Functions the allow-listed formula calls resolve to, beyond Bambi's own namespace.
 EXTRA_NAMESPACE = {"sqrt": np.sqrt}
-
-
-def _clean_caller() -> Any:
-    """A function that calls its first argument from a frame with empty namespaces.
-
-    formulae looks a formula's names up in the locals and globals of the frame that called
-    ``bmb.Model`` before Bambi's namespace (``log``, ``exp``...) and ``EXTRA_NAMESPACE``: a
-    module-level ``log`` logger here once made ``log(w)`` call the logger. Called from this
-    frame, only those namespaces resolve a formula's calls.
-    """
-    namespace: dict[str, Any] = {"__builtins__": {}}
-    exec("def call(target, *args, **kwargs):\n    return target(*args, **kwargs)\n", namespace)
-    return namespace["call"]
-
-
-in_a_clean_frame = _clean_caller()
 
 
 def frame(columns: dict[str, list[Scalar]], spec: FitSpec | None = None) -> pd.DataFrame:
@@ -101,29 +83,6 @@ def build_model(spec: FitSpec) -> bmb.Model:
         ) from exc
     release_group_indicators(model)
     return model
-
-
-@contextmanager
-def one_byte_indicators() -> Iterator[None]:
-    """Within the block, formulae encodes full-rank categoricals with one byte per entry.
-
-    formulae encodes a grouping factor (and any categorical that spans the intercept) by
-    indexing an integer identity matrix with each row's level code: a rows x levels matrix
-    of 8-byte integers, 800 MB for 100,000 rows in 1,000 groups, most of a large fit's
-    peak memory. With an ``int8`` identity the same 0/1 matrix takes an eighth of that.
-    """
-    original = Treatment.code_with_intercept
-
-    def int8_identity(self: Treatment, levels: list[Any]) -> ContrastMatrix:
-        contrast = original(self, levels)
-        contrast.matrix = contrast.matrix.astype(np.int8)
-        return contrast
-
-    Treatment.code_with_intercept = int8_identity
-    try:
-        yield
-    finally:
-        Treatment.code_with_intercept = original
 
 
 def release_group_indicators(model: bmb.Model) -> None:

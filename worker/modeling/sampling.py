@@ -17,6 +17,7 @@ import xarray as xr
 from service.core.errors import FitFailed
 from service.core.schemas import ChainProgress, Progress, ResolvedSampler
 from worker.modeling.compiled import CompiledModels, lift
+from worker.patches import clean_results
 
 ProgressSink = Callable[[Progress], None]
 log = logging.getLogger(__name__)
@@ -123,11 +124,7 @@ def sample(
             run.cancel()  # never leave chains sampling in the background
             raise
         trace = _labelled(run.wait(), model)
-        # Bambi's own post-processing, as Model.fit applies it: among others, it turns the
-        # intercept of centred predictors back into the intercept of the model as written.
-        trace = model.backend._clean_results(
-            trace, omit_offsets=False, include_response_params=False
-        )
+        trace = clean_results(model, trace)  # Bambi's own post-processing (see patches)
     except FitFailed:
         raise
     except Exception as exc:

@@ -1,0 +1,68 @@
+"""Every reach into a library's internals (``worker.patches``) still reaches what it was
+written for: the installed versions are the ones it names, the internals exist, and each
+patch does what it says. When a library moves, these fail first and loudly."""
+
+from __future__ import annotations
+
+import inspect
+import resource
+
+import numpy as np
+import pytest
+
+from worker import patches
+
+
+@pytest.mark.parametrize("library", sorted(patches.WRITTEN_FOR))
+def test_the_installed_library_is_the_version_the_patches_were_written_for(
+    library: str,
+) -> None:
+    assert patches.installed(library) == patches.WRITTEN_FOR[library], (
+        f"{library} moved: re-check worker/patches.py against it, then update WRITTEN_FOR"
+    )
+
+
+def test_billiard_judges_a_pool_process_by_the_memory_it_holds_now() -> None:
+    from billiard import pool
+
+    assert callable(pool.mem_rss)  # what billiard's pool processes call after a task
+    original = pool.mem_rss
+    try:
+        patches.read_current_rss_in_billiard()
+        block = np.ones(400 * 1024**2 // 8)  # 400 MiB, touched
+        assert block.sum() > 0
+        del block
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert pool.mem_rss is patches.current_rss_kb
+        assert pool.mem_rss() < peak_kb - 300 * 1024
+    finally:
+        pool.mem_rss = original
+
+
+def test_formulae_encodes_indicators_with_one_byte_inside_the_block_only() -> None:
+    from formulae.categorical import Treatment
+
+    original = Treatment.code_with_intercept
+    with patches.one_byte_indicators():
+        assert Treatment().code_with_intercept(["a", "b", "c"]).matrix.dtype == np.int8
+    assert Treatment.code_with_intercept is original
+    assert Treatment().code_with_intercept(["a", "b"]).matrix.dtype != np.int8
+
+
+def test_formulae_still_looks_names_up_in_its_callers_frame() -> None:
+    """Why ``in_a_clean_frame`` exists: if formulae stops capturing the caller's frame,
+    the clean frame may go (and test_building's shadowing test says whether it can)."""
+    from formulae.environment import Environment
+
+    assert "reference" in inspect.signature(Environment.capture).parameters
+    marker = object()
+    captured = Environment.capture(0, reference=0).namespace
+    assert captured["marker"] is marker
+    assert patches.in_a_clean_frame(lambda: Environment.capture(1).namespace.get("np")) is None
+
+
+def test_bambis_backend_still_cleans_results_as_model_fit_does() -> None:
+    from bambi.backend.pymc import PyMCModel
+
+    parameters = inspect.signature(PyMCModel._clean_results).parameters
+    assert {"idata", "omit_offsets", "include_response_params"} <= set(parameters)
