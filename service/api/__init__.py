@@ -1,1 +1,2 @@
-"""The HTTP API: validates requests, enqueues fits, reads results. Never imports PyMC."""
+"""The HTTP API: validates requests (``validation``), enqueues fits, reads results, and
+re-queues lost fits (``reconciler``). Never imports PyMC."""

@@ -14,9 +14,9 @@ from fastapi.openapi.utils import get_openapi
 
 from service.api import problems
 from service.api.deps import Services
+from service.api.reconciler import Reconciler, reconcile_once
 from service.api.routes import router
 from service.api.security import Authenticate, BodyGuard
-from service.core.reconciler import Reconciler, reconcile_once
 from service.core.schemas import FitRequest, PredictionRequest
 from service.core.settings import Settings, get_settings
 

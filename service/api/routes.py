@@ -21,6 +21,7 @@ from service.api.deps import Caller, Services
 from service.api.problems import documented
 from service.api.security import CallerDep
 from service.api.submissions import count_call, submit_fit
+from service.api.validation import parse_csv, validate_fit_request, validate_prediction_data
 from service.core.artifacts import (
     DIAGNOSTICS_FILE,
     FACTORS_FILE,
@@ -28,7 +29,6 @@ from service.core.artifacts import (
     PRIORS_FILE,
     SUMMARY_FILE,
 )
-from service.core.csvdata import parse_csv
 from service.core.errors import InvalidRequest, NotFound, Unavailable
 from service.core.protocol import DescribeCall, GroupsCall, PredictCall, SummaryCall
 from service.core.schemas import (
@@ -48,7 +48,6 @@ from service.core.schemas import (
     Readiness,
     Summary,
 )
-from service.core.validation import validate_fit_request, validate_prediction_data
 
 router = APIRouter(prefix="/v1")
 

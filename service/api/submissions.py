@@ -19,10 +19,10 @@ import hashlib
 import logging
 
 from service.api.deps import Caller
+from service.api.validation import validate_fit_request
 from service.core.errors import InvalidRequest, TooManyRequests, Unavailable
 from service.core.jobs import Claim, new_fit_id
 from service.core.schemas import FitRequest, FitResource, FitSpec
-from service.core.validation import validate_fit_request
 
 log = logging.getLogger(__name__)
 

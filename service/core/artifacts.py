@@ -52,6 +52,8 @@ MANIFEST_FILE = "results.json"
 def group_file(index: int) -> str:
     """The file of the ``index``-th grouping factor's effects."""
     return f"group-{index}.json"
+
+
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 

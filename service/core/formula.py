@@ -98,7 +98,8 @@ class FormulaInfo:
     #: for each group term, how many design columns its expression expands to
     group_widths: list[int] = field(default_factory=list)
     trials: str | int | None = None  # binomial ``p(successes, trials)``: a column or a number
-    #: the allow-listed calls of the right side, as formulae nodes (see ``transforms``)
+    #: the allow-listed calls of the right side, as formulae nodes (their values are checked
+    #: in ``service.api.validation.transforms``)
     transforms: list[Any] = field(default_factory=list)
     #: the response's call (``log(y)``), if it has one other than ``p(...)``
     response_transform: Any | None = None

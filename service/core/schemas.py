@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API, one family per resource.
 
 Static bounds live here; limits that depend on settings (rows, draws, formula length) are
-checked in ``service.core.validation`` so that one error names the field and the limit.
+checked in ``service.api.validation`` so that one error names the field and the limit.
 """
 
 from __future__ import annotations

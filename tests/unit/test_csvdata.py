@@ -12,7 +12,7 @@ from typing import BinaryIO, cast
 
 import pytest
 
-from service.core.csvdata import parse_csv
+from service.api.validation import parse_csv
 from service.core.errors import InvalidRequest
 from service.core.schemas import Scalar
 

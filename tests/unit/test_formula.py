@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from service.api.validation.transforms import render
 from service.core.errors import InvalidRequest
 from service.core.formula import check_formula, check_names, formula_terms, term_names
-from service.core.transforms import render
 
 COLUMNS = {"y", "x", "z", "g", "h", "weird name", "score", "school"}
 

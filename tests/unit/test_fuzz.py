@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from service.api.app import create_app
+from service.api.validation import validate_fit_request
 from service.core.errors import InvalidRequest
 from service.core.formula import check_formula
 from service.core.schemas import FitRequest
 from service.core.settings import Settings
-from service.core.validation import validate_fit_request
 from tests.conftest import clean_redis, redis_url
 from tests.unit.test_api import RecordingDispatcher
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from service.api.validation import check_priors
 from service.core.errors import InvalidRequest
-from service.core.priors import check_priors
 from service.core.schemas import PriorSpec
 
 TERMS = ["Intercept", "x", "1|g"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from service.api.reconciler import Outcome, ids_in_broker, reconcile_once
 from service.core.artifacts import Artifacts
 from service.core.jobs import JobStore, new_fit_id
-from service.core.reconciler import Outcome, ids_in_broker, reconcile_once
 from service.core.schemas import FitSpec, FitStatus, ResolvedSampler
 from tests.conftest import clean_redis, redis_url
 

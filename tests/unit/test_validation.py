@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from service.api.validation import validate_fit_request, validate_prediction_data
 from service.core.errors import FieldError, InvalidRequest
 from service.core.schemas import FitRequest, FitSpec, PredictionRequest
 from service.core.settings import Settings
-from service.core.validation import validate_fit_request, validate_prediction_data
 
 SETTINGS = Settings(max_levels_per_categorical=5, max_prediction_cells=20_000)
 

@@ -1,0 +1,104 @@
+"""A fit request, checked completely and normalised into the spec the worker will run.
+
+The checks run in this order: the request's text is valid Unicode (a lone surrogate cannot
+be stored), the data's shape, every formula (``formulas``), the column names the model uses
+(``service.core.formula.check_names``), what is declared categorical, the values, the
+response for the family, the size of the design Bambi would build (``design``), the values
+of every transform (``transforms``), the priors (``priors``) and the sampler (``sampler``).
+Only the rows complete in the columns the model uses are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+from service.api.validation.data import check_values, to_columns
+from service.api.validation.design import check_design
+from service.api.validation.formulas import check_formulas
+from service.api.validation.priors import check_priors
+from service.api.validation.sampler import resolve_sampler
+from service.api.validation.text import check_data_text, check_request_text
+from service.api.validation.transforms import check_transforms
+from service.core.errors import InvalidRequest
+from service.core.families import Family, check_link, check_response, check_trials, family
+from service.core.formula import FormulaInfo, check_names
+from service.core.schemas import FitRequest, FitSpec, Scalar
+from service.core.settings import Settings
+
+
+def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSpec, FormulaInfo]:
+    """Check a fit request completely and return the normalised spec the worker will run."""
+    check_request_text(request)
+    fam = family(request.family)
+    link = check_link(fam, request.link)
+    columns = to_columns(request.data, max_rows=settings.max_rows, max_columns=settings.max_columns)
+    formulas = check_formulas(request, fam, columns, settings)
+    info = formulas[0].info
+    used = set(info.variables).union(*(f.info.predictors for f in formulas[1:]))
+    check_names(used, distributional=request.distributional)
+    _check_categorical(request.categorical, columns, used, fam, info)
+    check_values(columns, used, "data", allow_missing=request.na_action == "drop")
+    check_data_text(columns, used)
+    rows = _complete_rows(columns, used)
+    if not rows:
+        raise InvalidRequest.one("data", "no row is complete in the columns the model uses")
+    kept = {c: [columns[c][i] for i in rows] for c in sorted(used)}
+    ordered = isinstance(request.categorical.get(info.response), list)
+    check_response(fam, info.response, kept[info.response], ordered=ordered)
+    if isinstance(info.trials, str):
+        check_trials(kept[info.response], kept[info.trials], info.trials)
+    check_design(formulas, kept, request.categorical, settings)
+    for formula in formulas:
+        nodes = [formula.info.response_transform, *formula.info.transforms]
+        check_transforms([n for n in nodes if n is not None], kept, field=formula.field, rows=rows)
+    auxiliary = [a for a in fam.auxiliary if a not in request.distributional]
+    terms = [name for formula in formulas for name in formula.term_names]
+    check_priors(request.priors, terms=terms, auxiliary=auxiliary)
+    spec = FitSpec(
+        formula=request.formula,
+        family=fam.name,
+        link=link,
+        priors=request.priors,
+        distributional=request.distributional,
+        categorical=request.categorical,
+        columns=kept,
+        n_dropped=len(next(iter(columns.values()))) - len(rows),
+        sampler=resolve_sampler(request, settings),
+        name=request.name,
+    )
+    return spec, info
+
+
+def _complete_rows(columns: Mapping[str, Sequence[Scalar]], used: Collection[str]) -> list[int]:
+    n = len(next(iter(columns.values())))
+    return [i for i in range(n) if all(columns[c][i] is not None for c in used)]
+
+
+def _check_categorical(
+    categorical: Mapping[str, list[Scalar] | None],
+    columns: Mapping[str, Sequence[Scalar]],
+    used: set[str],
+    fam: Family,
+    info: FormulaInfo,
+) -> None:
+    for name, levels in categorical.items():
+        field = f"categorical.{name}"
+        if name not in used:
+            raise InvalidRequest.one(field, f"'{name[:60]}' is not a column the model uses")
+        if name == info.response and fam.response != "ordinal":
+            raise InvalidRequest.one(
+                field,
+                f"the response of a {fam.name} model cannot be categorical; only the "
+                "cumulative family takes ordered categories",
+            )
+        if name == info.trials:
+            raise InvalidRequest.one(field, "binomial trials are counts, not categories")
+        if levels is None:
+            continue
+        if len(set(levels)) != len(levels):
+            raise InvalidRequest.one(field, "levels must be distinct")
+        unknown = {v for v in columns[name] if v is not None} - set(levels)
+        if unknown:
+            raise InvalidRequest.one(
+                field, f"{len(unknown)} values of the column are not among the listed levels"
+            )
