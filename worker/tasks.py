@@ -9,6 +9,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from service.core.errors import (
@@ -104,11 +105,12 @@ def predict_task(payload: dict[str, Any], reply_key: str) -> None:
     def compute() -> Predictions:
         call = PredictCall.model_validate(payload)
         fitted = _fitted(call)
+        rows = pd.RangeIndex(call.n_rows)  # a model may use no column (y ~ 1): count rows
         body = predict(
             fitted.model,
             fitted.posterior,
-            frame(call.columns, fitted.spec),
-            labels=frame(call.columns),
+            frame(call.columns, fitted.spec).reindex(rows),
+            labels=frame(call.columns).reindex(rows),
             kind=call.kind,
             interval_kind=call.interval,
             prob=call.prob,

@@ -313,9 +313,11 @@ def _predict_call(caller: Caller, fit_id: str, request: PredictionRequest) -> Pr
     spec = caller.services.artifacts.read_spec(fit_id)
     columns = validate_prediction_data(request.data, spec, caller.settings)
     count_call(caller)
+    data = request.data
     return PredictCall(
         fit_id=fit_id,
         revision=record.created_at.isoformat(),
+        n_rows=len(data) if isinstance(data, list) else len(next(iter(data.values()), [])),
         columns=columns,
         **request.model_dump(exclude={"data"}),
     )

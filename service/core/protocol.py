@@ -60,6 +60,7 @@ class PredictCall(FittedCall):
     """Predict new rows (already validated against the fit's spec)."""
 
     task: ClassVar[str] = "hbm.predict"
+    n_rows: int = Field(ge=1, description="Rows to predict (a model may use no column).")
     columns: Columns
     kind: Literal["mean", "response"]
     interval: IntervalKind

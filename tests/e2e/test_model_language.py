@@ -187,3 +187,18 @@ def test_a_categorical_group_expression_has_no_single_coef(client: httpx.Client)
     level = client.get(f"{location}/groups/g").json()["levels"][0]
     assert len(level["effects"]) == 3  # one per colour
     assert all(e["coef"] is None and e["ranef"]["sd"] > 0 for e in level["effects"])
+
+
+def test_an_intercept_only_model_predicts_every_row_sent(client: httpx.Client) -> None:
+    location = fit(client, formula="y ~ 1")
+    intercept = summary(client, location)["Intercept"]["mean"]
+    for kind in ("mean", "response"):
+        response = client.post(
+            f"{location}/predictions", json={"data": {"g": ["a", "b", "c"]}, "kind": kind}
+        )
+        assert response.status_code == 200, response.text
+        rows = response.json()["rows"]
+        assert [row["row"] for row in rows] == [0, 1, 2]
+        assert all(row["groups"] == {} for row in rows)
+        if kind == "mean":
+            assert {round(row["mean"], 9) for row in rows} == {round(intercept, 9)}

@@ -35,6 +35,7 @@ def examples() -> list[Call]:
     return [
         PredictCall(
             **fitted,
+            n_rows=2,
             columns={"g": ["a", "b"], "x": [1.0, 2]},
             kind="mean",
             interval="hdi",
