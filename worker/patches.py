@@ -13,6 +13,8 @@ Nothing here patches anything when imported: callers apply a patch where they ne
   in the worker's main process (``worker.celery_app``).
 - ``one_byte_indicators()`` (formulae): within the block, full-rank categoricals are
   encoded with one byte per entry instead of eight (see ``worker.modeling.building``).
+- ``unseen_levels_allowed()`` (formulae): within the block, levels unseen in training are
+  encoded as no level instead of an error, through formulae's module-level config.
 - ``in_a_clean_frame(target, ...)`` (formulae): formulae looks a formula's names up in the
   locals and globals of the frame that called ``bmb.Model`` before Bambi's namespace; a
   module-level ``log`` logger once made ``log(w)`` call the logger. Called from a frame
@@ -82,6 +84,21 @@ def one_byte_indicators() -> Iterator[None]:
         yield
     finally:
         Treatment.code_with_intercept = original
+
+
+@contextmanager
+def unseen_levels_allowed() -> Iterator[None]:
+    """Within the block, formulae encodes a level it did not see in training as no level
+    (an all-zero indicator row) instead of raising: how predictions find new groups.
+    formulae keeps this in a module-level config; it is restored after the block."""
+    import formulae
+
+    previous = formulae.config["EVAL_UNSEEN_CATEGORIES"]
+    formulae.config["EVAL_UNSEEN_CATEGORIES"] = "silent"
+    try:
+        yield
+    finally:
+        formulae.config["EVAL_UNSEEN_CATEGORIES"] = previous
 
 
 def _clean_caller() -> Any:

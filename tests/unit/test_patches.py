@@ -66,3 +66,17 @@ def test_bambis_backend_still_cleans_results_as_model_fit_does() -> None:
 
     parameters = inspect.signature(PyMCModel._clean_results).parameters
     assert {"idata", "omit_offsets", "include_response_params"} <= set(parameters)
+
+
+def test_formulae_encodes_an_unseen_level_as_no_level_inside_the_block_only() -> None:
+    import formulae
+    import pandas as pd
+
+    design = formulae.design_matrices("y ~ (1 | g)", pd.DataFrame({"y": [1.0, 2], "g": ["a", "b"]}))
+    term = design.group.terms["1|g"]
+    new = pd.DataFrame({"g": ["a", "zzz"]})
+    before = formulae.config["EVAL_UNSEEN_CATEGORIES"]
+    with patches.unseen_levels_allowed():
+        membership = np.asarray(term.factor.eval_new_data(new))
+    assert membership.tolist() == [[1, 0], [0, 0]]
+    assert formulae.config["EVAL_UNSEEN_CATEGORIES"] == before
