@@ -40,10 +40,10 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.report import save
 from bench.seed import FORMULA, ROOT, load_records
 from bench.service_run import free_port
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FINAL = ("succeeded", "failed", "cancelled")
 RETRY = {503, 507}
 
@@ -336,9 +336,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     options = parser.parse_args()
     result = run(options.seconds, options.clients, options.seed)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"chaos-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("chaos", result)
     print(json.dumps(result, indent=2))
 
 

@@ -28,86 +28,89 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import psutil
 
 from bench.load import percentile
+from bench.report import save
 from bench.seed import FORMULA, load_records
 from bench.service_run import Deployment, deployment, wait_until_ready
 
-RESULTS = Path(__file__).resolve().parent / "results"
 KEY = "bench-hostile-key"
 HEADERS = {"X-API-Key": KEY}
 
 
-class Sampler:
+class Periodic:
+    """Calls ``step()`` every ``every_s`` seconds from a daemon thread inside a ``with``."""
+
+    every_s = 0.1
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def step(self) -> None:
+        """One sample."""
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.step()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Sampler(Periodic):
     """Peak RSS of the deployment's processes (with their children), every 100 ms."""
 
     def __init__(self, running: Deployment) -> None:
+        super().__init__()
         self.running = running
         self.peaks: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.1):
-            for name, process in self.running.processes.items():
-                try:
-                    root = psutil.Process(process.pid)
-                    members = [root, *root.children(recursive=True)]
-                    mb = max(m.memory_info().rss for m in members) / 2**20
-                except psutil.Error:
-                    continue
-                self.peaks[name] = max(self.peaks[name], round(mb))
-
-    @contextmanager
-    def running_(self) -> Iterator[Sampler]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join()
+    def step(self) -> None:
+        for name, process in self.running.processes.items():
+            try:
+                root = psutil.Process(process.pid)
+                members = [root, *root.children(recursive=True)]
+                mb = max(m.memory_info().rss for m in members) / 2**20
+            except psutil.Error:
+                continue
+            self.peaks[name] = max(self.peaks[name], round(mb))
 
 
-class Prober:
+class Prober(Periodic):
     """``GET /v1/healthz`` every 20 ms; its latencies in seconds."""
 
+    every_s = 0.02
+
     def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
+        super().__init__()
+        self.client = httpx.Client(base_url=base_url, timeout=30)
         self.latencies: list[float] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._probe, daemon=True)
 
-    def _probe(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=30) as client:
-            while not self._stop.wait(0.02):
-                asked = time.perf_counter()
-                try:
-                    ok = client.get("/v1/healthz").status_code == 200
-                except httpx.TransportError as exc:
-                    self.failures.append(type(exc).__name__)
-                    continue
-                self.latencies.append(time.perf_counter() - asked)
-                if not ok:
-                    self.failures.append("status")
-
-    @contextmanager
-    def running(self) -> Iterator[Prober]:
-        self._thread.start()
+    def step(self) -> None:
+        asked = time.perf_counter()
         try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join()
+            ok = self.client.get("/v1/healthz").status_code == 200
+        except httpx.TransportError as exc:
+            self.failures.append(type(exc).__name__)
+            return
+        self.latencies.append(time.perf_counter() - asked)
+        if not ok:
+            self.failures.append("status")
 
 
 def answered(call: Callable[[], httpx.Response]) -> str:
@@ -232,7 +235,7 @@ def run() -> dict[str, Any]:
             sampler = Sampler(running)
             prober = Prober(running.base_url)
             started = time.perf_counter()
-            with sampler.running_(), prober.running():
+            with sampler, prober:
                 jobs: dict[str, Callable[[], list[str]]] = {
                     "csv": lambda: csv_upload(client),
                     "no-key": lambda: no_key_bodies(client),
@@ -265,9 +268,7 @@ def run() -> dict[str, Any]:
 def main() -> None:
     """Run and write the results."""
     result = run()
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"hostile-{stamp}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save("hostile", result)
     print(json.dumps(result, indent=2))
 
 

@@ -15,15 +15,13 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.report import save
 from bench.seed import FORMULA, load_records
 from bench.service_run import FINAL, deployment, wait_until_ready
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,9 +99,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     args = parser.parse_args()
     report = run(args.submissions, args.clients)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"load-{stamp}.json").write_text(json.dumps(report, indent=2))
+    save("load", report)
     print(json.dumps(report, indent=2))
 
 

@@ -1,8 +1,24 @@
-"""Derived figures (ESS per second, ratios to rstanarm) and the Markdown tables."""
+"""Derived figures (ESS per second, ratios to rstanarm), the Markdown tables, and where
+results are saved."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save(prefix: str, result: dict[str, Any]) -> Path:
+    """Write ``result`` as ``bench/results/<prefix>-<UTC time>.json``; its path."""
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS / f"{prefix}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
 
 BASELINE = "rstanarm"
 

@@ -14,15 +14,13 @@ import json
 import statistics
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.report import save
 from bench.seed import load_records
 from bench.service_run import FINAL, deployment, pool_children, wait_until_ready
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(fits: int) -> dict[str, Any]:
@@ -62,9 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fits", type=int, default=100)
     report = run(parser.parse_args().fits)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"rss-{stamp}.json").write_text(json.dumps(report, indent=2))
+    save("rss", report)
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=2))
 
 

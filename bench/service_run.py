@@ -48,15 +48,7 @@ def deployment(settings: dict[str, str] | None = None) -> Iterator[Deployment]:
 
 def wait_until_ready(running: Deployment, timeout_s: float = 180) -> None:
     """Wait until the API says it is ready (Redis, storage, both workers)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(running.base_url + "/v1/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the service did not get ready:\n{running.log_tail('api')}")
+    running.wait_until("/v1/readyz", timeout_s)
 
 
 def pool_children(running: Deployment) -> list[psutil.Process]:

@@ -32,7 +32,6 @@ import threading
 import time
 import uuid
 from importlib.metadata import version
-from types import TracebackType
 from typing import Any
 
 import psutil
@@ -48,7 +47,7 @@ from service.core.schemas import (
     Timings,
 )
 from worker.context import Context
-from worker.heartbeat import Heartbeat
+from worker.heartbeat import BackgroundThread, Heartbeat
 from worker.modeling import parameterization
 from worker.modeling.building import build_model
 from worker.modeling.sampling import PROGRESS_INTERVAL_S, STOP_MESSAGES, sample
@@ -368,20 +367,17 @@ class FitRun:
             os._exit(HARD_STOP_EXIT)
 
 
-class Watchdog:
+class Watchdog(BackgroundThread):
     """Context manager: a thread that watches a run's limits and stops it (see module doc)."""
 
-    def __init__(self, run: FitRun) -> None:
-        self.run = run
-        self._stop = threading.Event()
+    def __init__(self, fit: FitRun) -> None:
+        super().__init__(f"watchdog-{fit.fit_id}")
+        self.fit = fit
         self._next_cancel_look = 0.0
-        self._thread = threading.Thread(
-            target=self._watch, name=f"watchdog-{run.fit_id}", daemon=True
-        )
 
     def reason_now(self) -> str | None:
         """Why the run must stop now, if it must."""
-        run, settings = self.run, self.run.ctx.settings
+        run, settings = self.fit, self.fit.ctx.settings
         if run.heartbeat is not None and run.heartbeat.lost.is_set():
             return "lock_lost"
         if time.monotonic() >= self._next_cancel_look:
@@ -397,24 +393,12 @@ class Watchdog:
             return "out_of_memory"
         return None
 
-    def _watch(self) -> None:
+    def run(self) -> None:
+        """Look at the limits every ``WATCH_S``; ask the run to stop, or end it."""
         while not self._stop.wait(WATCH_S):
             reason = self.reason_now()
             if reason is not None:
-                self.run.ask_stop(reason)
-            overdue = self.run.overdue()
+                self.fit.ask_stop(reason)
+            overdue = self.fit.overdue()
             if overdue is not None:
-                self.run.hard_stop(overdue)
-
-    def __enter__(self) -> Watchdog:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+                self.fit.hard_stop(overdue)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from types import TracebackType
+from typing import Self
 
 from service.core.jobs import JobStore, Refresh
 from worker.resilience import REDIS_DOWN
@@ -22,7 +23,33 @@ log = logging.getLogger(__name__)
 RETRY_S = 0.5
 
 
-class Heartbeat:
+class BackgroundThread:
+    """Context manager: ``run()`` in a daemon thread while inside the block; ``_stop`` is
+    set when the block ends (the thread waits on it between its steps)."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, name=name, daemon=True)
+
+    def run(self) -> None:
+        """What the thread does until ``_stop`` is set."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class Heartbeat(BackgroundThread):
     """Context manager: refresh ``fit_id``'s lock every ``ttl_s / 3`` seconds while inside.
 
     If another run took the fit (or it was made final elsewhere), ``lost`` is set and the
@@ -30,15 +57,14 @@ class Heartbeat:
     """
 
     def __init__(self, store: JobStore, fit_id: str, token: str, ttl_s: int) -> None:
+        super().__init__(f"heartbeat-{fit_id}")
         self.store = store
         self.fit_id = fit_id
         self.token = token
         self.ttl_s = ttl_s
-        self._stop = threading.Event()
         self.lost = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{fit_id}", daemon=True)
 
-    def _beat(self) -> None:
+    def run(self) -> None:
         wait = self.ttl_s / 3
         while not self._stop.wait(wait):
             try:
@@ -54,16 +80,3 @@ class Heartbeat:
                 log.warning("fit %s: run lock lost; this run stops", self.fit_id)
                 self.lost.set()
                 return
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

@@ -143,11 +143,10 @@ def groups_task(payload: dict[str, Any], reply_key: str) -> None:
         groups = group_effects(
             fitted.model, fitted.posterior, call.fit_id, call.interval, call.prob
         )
-        if call.factor not in groups:
-            raise NotFound(
-                f"the model has no grouping factor '{call.factor[:60]}'; it has {sorted(groups)}"
-            )
-        return groups[call.factor]
+        if call.factor in groups:
+            return groups[call.factor]
+        known = sorted(groups)
+        raise NotFound(f"the model has no grouping factor '{call.factor[:60]}'; it has {known}")
 
     answer(reply_key, compute)
 

@@ -8,11 +8,12 @@ Handlers that wait on a worker are ``async``: they hold no thread while they wai
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile, status
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
@@ -30,7 +31,7 @@ from service.core.artifacts import (
     SUMMARY_FILE,
 )
 from service.core.errors import InvalidRequest, NotFound, Unavailable
-from service.core.protocol import DescribeCall, GroupsCall, PredictCall, SummaryCall
+from service.core.protocol import Call, DescribeCall, GroupsCall, PredictCall, SummaryCall
 from service.core.schemas import (
     DEFAULT_PROB,
     Diagnostics,
@@ -61,6 +62,23 @@ IdempotencyKey = Annotated[
 COMMON = (401, 408, 413, 422, 503)
 #: Errors of a fit's results.
 RESULT_ERRORS = (*COMMON, 404, 409, 422, 429, 500)
+
+
+def result_route[Endpoint: Callable[..., Any]](
+    path: str, model: type[BaseModel], body: type[BaseModel] | None = None
+) -> Callable[[Endpoint], Endpoint]:
+    """A route answering one of a fit's results: GET, or POST with ``body``."""
+    if body is None:
+        return router.get(
+            path, tags=["results"], response_model=model, responses=documented(*RESULT_ERRORS)
+        )
+    return router.post(
+        path,
+        tags=["results"],
+        response_model=model,
+        responses=documented(*RESULT_ERRORS),
+        openapi_extra=body_schema(body),
+    )
 
 
 @router.get("/healthz", tags=["health"])
@@ -163,12 +181,7 @@ def delete_fit(fit_id: str, caller: CallerDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get(
-    "/fits/{fit_id}/summary",
-    tags=["results"],
-    response_model=Summary,
-    responses=documented(*RESULT_ERRORS),
-)
+@result_route("/fits/{fit_id}/summary", Summary)
 async def get_summary(
     fit_id: str, caller: CallerDep, prob: ProbQuery = DEFAULT_PROB, interval: KindQuery = "hdi"
 ) -> Response:
@@ -178,26 +191,16 @@ async def get_summary(
     call = await run_in_threadpool(
         lambda: SummaryCall(**_fitted(caller, fit_id), interval=interval, prob=prob)
     )
-    return _json(await caller.services.dispatcher.call(call, caller.owner))
+    return await _ask(caller, call)
 
 
-@router.get(
-    "/fits/{fit_id}/groups",
-    tags=["results"],
-    response_model=GroupFactors,
-    responses=documented(*RESULT_ERRORS),
-)
+@result_route("/fits/{fit_id}/groups", GroupFactors)
 async def list_groups(fit_id: str, caller: CallerDep) -> Response:
     """The grouping factors of a fit, with their level counts and terms."""
     return await _stored(caller, fit_id, FACTORS_FILE)
 
 
-@router.get(
-    "/fits/{fit_id}/groups/{factor}",
-    tags=["results"],
-    response_model=GroupEffects,
-    responses=documented(*RESULT_ERRORS),
-)
+@result_route("/fits/{fit_id}/groups/{factor}", GroupEffects)
 async def get_groups(
     fit_id: str,
     factor: str,
@@ -222,44 +225,28 @@ async def get_groups(
     call = await run_in_threadpool(
         lambda: GroupsCall(**_fitted(caller, fit_id), factor=factor, interval=interval, prob=prob)
     )
-    return _json(await caller.services.dispatcher.call(call, caller.owner))
+    return await _ask(caller, call)
 
 
-@router.get(
-    "/fits/{fit_id}/diagnostics",
-    tags=["results"],
-    response_model=Diagnostics,
-    responses=documented(*RESULT_ERRORS),
-)
+@result_route("/fits/{fit_id}/diagnostics", Diagnostics)
 async def get_diagnostics(fit_id: str, caller: CallerDep) -> Response:
     """R-hat, ESS, divergences and a plain-language verdict."""
     return await _stored(caller, fit_id, DIAGNOSTICS_FILE)
 
 
-@router.get(
-    "/fits/{fit_id}/priors",
-    tags=["results"],
-    response_model=Priors,
-    responses=documented(*RESULT_ERRORS),
-)
+@result_route("/fits/{fit_id}/priors", Priors)
 async def get_priors(fit_id: str, caller: CallerDep) -> Response:
     """Every prior the fit used, Bambi's data-scaled defaults included."""
     return await _stored(caller, fit_id, PRIORS_FILE)
 
 
-@router.post(
-    "/fits/{fit_id}/predictions",
-    tags=["results"],
-    response_model=Predictions,
-    responses=documented(*RESULT_ERRORS),
-    openapi_extra=body_schema(PredictionRequest),
-)
+@result_route("/fits/{fit_id}/predictions", Predictions, body=PredictionRequest)
 async def predict(fit_id: str, request: Request, caller: CallerDep) -> Response:
     """Predict new rows, for groups seen in training or new ones."""
     limits = DataLimits.for_predictions(caller.settings)
     prediction = await read_model(request, PredictionRequest, limits)
     call = await run_in_threadpool(_predict_call, caller, fit_id, prediction)
-    return _json(await caller.services.dispatcher.call(call, caller.owner))
+    return await _ask(caller, call)
 
 
 @router.post(
@@ -280,10 +267,15 @@ async def validate_model(request: Request, caller: CallerDep) -> Response:
         return DescribeCall(spec=spec)
 
     call = await run_in_threadpool(validated)
-    return _json(await caller.services.dispatcher.call(call, caller.owner))
+    return await _ask(caller, call)
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+async def _ask(caller: Caller, call: Call) -> Response:
+    """A worker's answer to ``call``, served as the worker built it."""
+    return _json(await caller.services.dispatcher.call(call, caller.owner))
 
 
 def _json(body: bytes) -> Response:

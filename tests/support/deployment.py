@@ -83,16 +83,18 @@ class Deployment:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
-    def wait_for_health(self, timeout_s: float = 60) -> None:
-        """Until the API answers its health check."""
+    def wait_until(self, path: str = "/v1/healthz", timeout_s: float = 60) -> None:
+        """Until ``GET path`` answers 200 (health: the API is up; ``/v1/readyz``: Redis,
+        storage and both workers are too)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.base_url + "/v1/healthz", timeout=2).status_code == 200:
+                if httpx.get(self.base_url + path, timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"the API did not start:\n{self.log_tail('api')}")
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{path} did not answer 200:\n{self.log_tail('api')}")
 
 
 def pool_children(pid: int) -> list[psutil.Process]:
@@ -122,7 +124,7 @@ def deploy(folder: Path, url: str, **settings: str) -> Deployment:
         running.start_fits_worker()
         running.start_worker("worker-interactive", "interactive")
         running.start("api", "service")
-        running.wait_for_health()
+        running.wait_until()
     except BaseException:
         running.stop_all()
         raise

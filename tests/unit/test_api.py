@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from redis import Redis
 
 from service.api.app import create_app
 from service.core.settings import Settings
@@ -56,6 +57,15 @@ def client(tmp_path: Path, dispatcher: RecordingDispatcher) -> Iterator[TestClie
     app.state.services.dispatcher = dispatcher
     with TestClient(app) as test_client:
         yield test_client
+
+
+def app_client(tmp_path: Path, dispatcher: Any | None = None, **settings: Any) -> TestClient:
+    """A test client of an app on an emptied Redis database 14, its dispatcher faked."""
+    url = redis_url(14)
+    clean_redis(url)
+    app = create_app(Settings(**({"redis_url": url, "data_dir": tmp_path} | settings)))
+    app.state.services.dispatcher = dispatcher or RecordingDispatcher()
+    return TestClient(app)
 
 
 def body(**overrides: Any) -> dict[str, Any]:
@@ -394,11 +404,7 @@ def test_a_deleted_fits_key_makes_a_new_fit_with_a_new_id(
 
 
 def test_refused_requests_do_not_count_against_the_submission_quota(tmp_path: Path) -> None:
-    url = redis_url(14)
-    clean_redis(url)
-    app = create_app(Settings(redis_url=url, data_dir=tmp_path, submissions_per_minute=2))
-    app.state.services.dispatcher = RecordingDispatcher()
-    with TestClient(app) as limited:
+    with app_client(tmp_path, submissions_per_minute=2) as limited:
         for _ in range(10):
             assert limited.post("/v1/fits", json=body(formula="nope ~ 1")).status_code == 422
         seeded = body(sampler={"seed": 1})
@@ -428,11 +434,7 @@ class AnsweringDispatcher(RecordingDispatcher):
 
 
 def test_calls_that_need_a_worker_have_their_own_quota(tmp_path: Path) -> None:
-    url = redis_url(14)
-    clean_redis(url)
-    app = create_app(Settings(redis_url=url, data_dir=tmp_path, calls_per_minute=2))
-    app.state.services.dispatcher = AnsweringDispatcher()
-    with TestClient(app) as limited:
+    with app_client(tmp_path, AnsweringDispatcher(), calls_per_minute=2) as limited:
         answers = [limited.post("/v1/models/validate", json=body()) for _ in range(3)]
         assert [a.status_code for a in answers] == [200, 200, 429]
         assert answers[-1].headers["retry-after"]
@@ -442,19 +444,15 @@ def test_calls_that_need_a_worker_have_their_own_quota(tmp_path: Path) -> None:
 def test_a_full_or_broken_data_folder_answers_503_or_507_and_records_nothing(
     tmp_path: Path, dispatcher: RecordingDispatcher
 ) -> None:
-    url = redis_url(14)
-    redis = clean_redis(url)
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("x")
-    app = create_app(Settings(redis_url=url, data_dir=blocked))
-    app.state.services.dispatcher = dispatcher
-    with TestClient(app) as broken:
+    with app_client(blocked, dispatcher) as broken:
         response = broken.post("/v1/fits", json=body())
         assert response.status_code == 503
         assert response.headers["retry-after"]
         assert "could not be stored" in response.json()["detail"]
     assert dispatcher.fits == []
-    assert not redis.keys("hbm:fit:*")
+    assert not Redis.from_url(redis_url(14)).keys("hbm:fit:*")
 
 
 def test_readiness_names_what_is_missing(client: TestClient) -> None:

@@ -10,21 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.app import create_app
 from service.api.security import key_digest
-from service.core.settings import Settings
-from tests.conftest import clean_redis, redis_url
-from tests.unit.test_api import RecordingDispatcher, body
+from tests.unit.test_api import app_client, body
 
 ALICE, BOB = "alice-secret-key", "bob-secret-key"
-
-
-def app_client(tmp_path: Path, **settings: Any) -> TestClient:
-    url = redis_url(14)
-    clean_redis(url)
-    app = create_app(Settings(redis_url=url, data_dir=tmp_path, **settings))
-    app.state.services.dispatcher = RecordingDispatcher()
-    return TestClient(app)
 
 
 @pytest.fixture

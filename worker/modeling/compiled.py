@@ -19,6 +19,17 @@ the number of rows in the key (Bambi's graph carries static shapes downstream of
 is known swaps its own inputs in with nutpie's ``with_data`` and samples straight away;
 the model it samples is still exactly Bambi's (the same graph, only fed by inputs instead
 of constants). Tests compare it with Bambi's own ``Model.fit``.
+
+Models compile without numba's fast-math (PyTensor turns it on by default). A seeded fit
+must draw the same bits in every process, and fast-math lets LLVM reassociate sums, fuse
+multiply-adds and approximate functions differently depending on how the code reached it:
+compiled in this process, or loaded from PyTensor's on-disk cache and inlined into nutpie's
+callback. The seed study's draws differed between a process that compiled with an empty
+cache and one that found that process's functions in the cache, every time (and so did
+the two input readers in ``test_compiled_models`` now and then); without fast-math every
+rewrite LLVM makes keeps the IEEE results, and they agree. It costs sampling time (see
+``tests/modeling/test_reproducibility.py`` and the report in the commit). PyTensor keys its
+cache by the flag, so code compiled with fast-math is never loaded.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import nutpie
 import pymc as pm
 from pymc.model.fgraph import fgraph_from_model, model_from_fgraph
 from pytensor.compile.sharedvalue import shared as shared_variable
+from pytensor.configdefaults import config as pytensor_config
 from pytensor.printing import debugprint
 from pytensor.tensor.sharedvar import TensorSharedVariable
 from pytensor.tensor.variable import TensorConstant
@@ -49,6 +61,9 @@ from worker.modeling.sufficient_statistics import collapse
 log = logging.getLogger(__name__)
 
 INPUT_PREFIX = "hbm_data_"
+
+# Before anything compiles in this process: see the module docstring.
+pytensor_config.numba__fastmath = False
 
 
 @dataclass
