@@ -19,6 +19,8 @@ Nothing here patches anything when imported: callers apply a patch where they ne
   locals and globals of the frame that called ``bmb.Model`` before Bambi's namespace; a
   module-level ``log`` logger once made ``log(w)`` call the logger. Called from a frame
   with empty namespaces, only Bambi's namespace and ours resolve a formula's calls.
+- ``compile_without_fast_math()`` (pytensor): PyTensor's numba backend compiles with
+  fast-math unless told not to; seeded fits must draw the same bits in every process.
 - ``clean_results(model, trace)`` (bambi): Bambi's own post-processing of a trace, as
   ``Model.fit`` applies it (among others, it turns the intercept of centred predictors back
   into the intercept of the model as written): a private method of its backend.
@@ -35,7 +37,13 @@ import numpy as np
 import psutil
 
 #: Library versions (major.minor) these reaches were written for.
-WRITTEN_FOR = {"billiard": "4.3", "formulae": "0.6", "bambi": "0.21", "nutpie": "0.16"}
+WRITTEN_FOR = {
+    "billiard": "4.3",
+    "formulae": "0.6",
+    "bambi": "0.21",
+    "nutpie": "0.16",
+    "pytensor": "3.3",
+}
 
 
 def installed(library: str) -> str:
@@ -110,6 +118,18 @@ def _clean_caller() -> Any:
 #: ``in_a_clean_frame(target, *args, **kwargs)`` calls ``target`` from a frame whose
 #: locals and globals hold nothing a formula could name.
 in_a_clean_frame = _clean_caller()
+
+
+# ------------------------------------------------------------------------------ pytensor
+
+
+def compile_without_fast_math() -> None:
+    """PyTensor's numba backend compiles with fast-math by default, which makes a seeded
+    fit's draws depend on whether its functions were compiled in this process or loaded from
+    PyTensor's on-disk cache (see ``worker.modeling.compiled``). Called before compiling."""
+    from pytensor.configdefaults import config
+
+    config.numba__fastmath = False
 
 
 # --------------------------------------------------------------------------------- bambi

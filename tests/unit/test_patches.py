@@ -80,3 +80,14 @@ def test_formulae_encodes_an_unseen_level_as_no_level_inside_the_block_only() ->
         membership = np.asarray(term.factor.eval_new_data(new))
     assert membership.tolist() == [[1, 0], [0, 0]]
     assert formulae.config["EVAL_UNSEEN_CATEGORIES"] == before
+
+
+def test_pytensor_compiles_without_fast_math_once_asked() -> None:
+    from pytensor.configdefaults import config
+
+    before = config.numba__fastmath
+    try:
+        patches.compile_without_fast_math()
+        assert config.numba__fastmath is False
+    finally:
+        config.numba__fastmath = before
