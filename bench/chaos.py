@@ -7,7 +7,8 @@ worker, an interactive worker and the API, each restarted when it dies) in a tem
 folder. Clients submit small seeded fits, each with its own ``Idempotency-Key`` and retried
 on 503, 507 and transport errors, and ask for predictions of fits that succeeded. A chaos
 thread, every 4-12 s, does one of: stall Redis (SIGSTOP 2-10 s), kill Redis, kill the fit
-worker's pool process, kill the whole fit worker, kill the interactive worker, kill the API.
+worker's pool process, kill the whole fit worker, kill the interactive worker, kill the API
+(each once per round, in a random order).
 A prober asks ``GET /v1/healthz`` every 50 ms.
 
 After ``--seconds`` the chaos stops and every accepted fit is waited for (up to 10 min).
@@ -46,6 +47,7 @@ from bench.service_run import free_port
 
 FINAL = ("succeeded", "failed", "cancelled")
 RETRY = {503, 507}
+ACTIONS = ("stall-redis", "kill-redis", "kill-pool", "kill-fits", "kill-interactive", "kill-api")
 
 
 @dataclass
@@ -115,11 +117,14 @@ class Service:
 
 
 def chaos(service: Service, outages: Outages, stop: threading.Event, rng: random.Random) -> None:
-    """Stall and kill parts of the service at random until ``stop``."""
+    """Stall and kill parts of the service until ``stop``: every action once per round,
+    in a random order, at random intervals."""
+    actions: list[str] = []
     while not stop.wait(rng.uniform(4, 12)):
-        action = rng.choice(
-            ["stall-redis", "kill-redis", "kill-pool", "kill-fits", "kill-interactive", "kill-api"]
-        )
+        if not actions:
+            actions = [*ACTIONS]
+            rng.shuffle(actions)
+        action = actions.pop()
         target = {
             "stall-redis": ("redis-server",),
             "kill-redis": ("redis-server",),
