@@ -8,8 +8,9 @@ which the route serves as it is. While it waits it watches the worker:
 
 - no live worker serves the queue: 503 with Retry-After at once, nothing sent;
 - the worker that took the call (``JobStore.call_key``) stopped announcing itself (it died
-  mid-call): the call is sent once more, to a live worker, waiting up to ``ORPHAN_GRACE_S``
-  for one to come back;
+  mid-call), or nobody took it and every worker alive when it was sent is gone (one may
+  have died with the message fetched): the call is sent once more, to a live worker,
+  waiting up to ``ORPHAN_GRACE_S`` for one to come back;
 - over ``max_calls_in_flight`` calls waiting in this process, or
   ``max_calls_in_flight_per_key`` for one key: 503 / 429 with Retry-After before sending.
 """
@@ -113,7 +114,7 @@ class Dispatcher:
                 raise Unavailable("no worker is answering calls right now; retry shortly", 10)
             token = uuid.uuid4().hex
             await self._send(call, self.store.reply_key(token))
-            raw = await self._await_reply(token, call, queue)
+            raw = await self._await_reply(token, call, queue, live)
         return decode_reply(raw)
 
     async def _send(self, call: Call, reply_key: str) -> None:
@@ -129,7 +130,10 @@ class Dispatcher:
 
         await run_in_threadpool(send)
 
-    async def _await_reply(self, token: str, call: Call, queue: str) -> bytes:
+    async def _await_reply(self, token: str, call: Call, queue: str, senders: set[str]) -> bytes:
+        """Wait for the reply; send the call again (once) when the worker that took it died,
+        or when nobody took it and every worker that could have fetched it is gone (a worker
+        that dies with a message fetched keeps it until Redis's visibility timeout)."""
         reply_key = self.store.reply_key(token)
         deadline = time.monotonic() + self.settings.reply_timeout_s
         sends = 1
@@ -148,8 +152,10 @@ class Dispatcher:
             elif time.monotonic() - alone_since > ORPHAN_GRACE_S:
                 raise Unavailable("the worker stopped answering; retry shortly", 10)
             taken_by = taker.decode() if isinstance(taker, bytes) else taker
-            if taken_by is not None and live and taken_by not in live and sends < MAX_SENDS:
-                sends += 1  # the worker that took the call died: send it to a live one
+            orphaned = taken_by not in live if taken_by is not None else not senders & live
+            if live and orphaned and sends < MAX_SENDS:
+                sends += 1  # send it to a live worker
+                senders = live
                 await self.replies.delete(self.store.call_key(token))
                 await self._send(call, reply_key)
         raise Unavailable("no worker answered in time; retry shortly", retry_after=10)

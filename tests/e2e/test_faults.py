@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from redis import Redis
 
 from tests.e2e.conftest import (
     QUICK,
@@ -96,30 +97,57 @@ def test_calls_fail_fast_when_no_worker_answers_and_health_never_waits(
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize(
+    ("whole_worker", "when"),
+    [(False, "computing"), (True, "computing"), (True, "fetched, not started")],
+)
 def test_a_call_whose_worker_is_killed_is_answered_by_its_replacement(
-    deployment: Deployment, client: httpx.Client, seed_records: list[dict[str, Any]]
+    deployment: Deployment,
+    client: httpx.Client,
+    seed_records: list[dict[str, Any]],
+    whole_worker: bool,
+    when: str,
 ) -> None:
-    location = seed_fit(client, seed_records, 202)
+    """Killed while computing the call (it has claimed it), or after its main process
+    fetched the message but before any pool process started it (a dead worker keeps such a
+    message until Redis's visibility timeout): either way the call is answered, by the pool
+    process Celery starts again or by the worker started in the dead one's place."""
+    body = {
+        "data": seed_records,
+        "formula": "score ~ (1 | school)",
+        "sampler": {"draws": 2000, "tune": 300, "chains": 2, "seed": 202},
+    }
+    location = client.post("/v1/fits", json=body).headers["location"]
     assert wait_for_fit(client, location)["status"] == "succeeded"
     rows = {"data": {"school": [1 + i % 40 for i in range(20_000)]}, "kind": "response"}
-    assert client.post(location + "/predictions", json={"data": {"school": [1]}}).is_success
-
-    for whole_worker in (False, True):
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            answer = pool.submit(client.post, location + "/predictions", json=rows)
-            time.sleep(1.0)  # the call is being computed
-            main = deployment.processes["worker-interactive"]
-            for child in pool_children(main.pid):
-                os.kill(child.pid, signal.SIGKILL)
-            if whole_worker:  # the whole worker dies and comes back a few seconds later
-                main.kill()
-                main.wait()
-                deployment.processes.pop("worker-interactive")
-                time.sleep(3)
-                deployment.start_worker("worker-interactive", "interactive")
-            response = answer.result(timeout=120)
-        assert response.status_code == 200, response.text
-        assert len(response.json()["rows"]) == 20_000
+    redis = Redis.from_url(deployment.env["REDIS_URL"])
+    claimed_before = set(redis.keys("hbm:call:*"))
+    main = deployment.processes["worker-interactive"]
+    if when != "computing":  # the pool process cannot start anything
+        for child in pool_children(main.pid):
+            os.kill(child.pid, signal.SIGSTOP)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(client.post, location + "/predictions", json=rows)
+        deadline = time.monotonic() + 60
+        if when == "computing":
+            while not set(redis.keys("hbm:call:*")) - claimed_before:
+                assert time.monotonic() < deadline, "no worker took the call"
+                time.sleep(0.02)
+        else:
+            time.sleep(0.5)
+            while redis.llen("hbm.interactive"):
+                assert time.monotonic() < deadline, "the worker did not fetch the call"
+                time.sleep(0.02)
+        for child in pool_children(main.pid):
+            os.kill(child.pid, signal.SIGKILL)
+        if whole_worker:  # the whole worker dies and is started again
+            main.kill()
+            main.wait()
+            deployment.processes.pop("worker-interactive")
+            deployment.start_worker("worker-interactive", "interactive")
+        response = answer.result(timeout=150)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["rows"]) == 20_000
 
 
 # --------------------------------------------------------------------------- damaged files
