@@ -1,7 +1,9 @@
 """Submitting a fit: quotas, validation, the fit's id, its stored request, its message.
 
 - Quotas count what costs: a key's submissions a minute count fits created (a refused
-  request, or a repeat that answers with an existing fit, costs nothing), and calls that
+  request, or a repeat that answers with an existing fit, costs nothing; the count and the
+  check are one atomic step with the record's creation, so concurrent submissions cannot
+  overshoot), and calls that
   need a worker (predictions, results at another interval, dry runs) have their own quota.
 - The fit's id: a request with an ``Idempotency-Key`` header, or with a fixed
   ``sampler.seed`` (content addressing), is bound to the first fit made for it. The key is
@@ -21,7 +23,7 @@ import logging
 from service.api.deps import Caller
 from service.api.validation import validate_fit_request
 from service.core.errors import InvalidRequest, TooManyRequests, Unavailable
-from service.core.jobs import Claim, new_fit_id
+from service.core.jobs import Claim, FitQuota, new_fit_id
 from service.core.schemas import FitRequest, FitResource, FitSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def _create(
     services, owner = caller.services, caller.owner
     store = services.store
     with services.artifacts.staged_spec(fit_id, spec) as staged:
-        created = store.create(fit_id, spec, owner, dedup=dedup)
+        created = store.create(fit_id, spec, owner, dedup=dedup, quota=_quota(caller))
         if created is None:
             return None
         if created:
@@ -59,7 +61,6 @@ def _create(
                 store.delete(fit_id)
                 raise
     if created:
-        store.count_rate(owner, "fits")
         try:
             services.dispatcher.enqueue_fit(fit_id)
         except Exception:  # the reconciler sends queued fits without a message again
@@ -67,8 +68,14 @@ def _create(
     return store.get(fit_id)
 
 
+def _quota(caller: Caller) -> FitQuota:
+    settings = caller.services.settings
+    return FitQuota(settings.max_active_fits_per_key, settings.submissions_per_minute)
+
+
 def check_fit_quotas(caller: Caller) -> None:
-    """The key's fits in progress and fits created this minute (429 beyond)."""
+    """The key's fits in progress and fits created this minute (429 beyond): an early
+    answer before validation; the record's creation checks and counts them atomically."""
     store, settings = caller.services.store, caller.services.settings
     limit = settings.max_active_fits_per_key
     if store.active_count(caller.owner) >= limit:

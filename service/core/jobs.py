@@ -10,7 +10,7 @@ Keys (all under ``{prefix}:``)::
     fits            sorted set of ids by creation time, for listing and sweeping
     owned:{owner}   the same, per API key (``owner`` is a digest of the key)
     active:{owner}  that key's queued or running fits, for its concurrency limit
-    rate:{owner}:{what}:{window}  calls counted for a per-key quota
+    rate:{owner}:{what}:{window}  fits created or calls made, for a per-key quota
     active          set of ids that are queued or running, for the reconciler
     lock:{id}       held by the one worker process running the fit, refreshed by its
                     heartbeat; a running fit whose lock expired has lost its worker
@@ -45,6 +45,7 @@ from typing import Any
 
 from redis import Redis
 
+from service.core.errors import TooManyRequests
 from service.core.schemas import (
     FitError,
     FitResource,
@@ -76,6 +77,10 @@ return {'claimed', ARGV[1]}
 _CREATE = """
 if redis.call('EXISTS', KEYS[6]) == 1 then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[5]) >= tonumber(ARGV[6]) then return -2 end
+if tonumber(redis.call('GET', KEYS[7]) or '0') >= tonumber(ARGV[7]) then return -3 end
+redis.call('INCR', KEYS[7])
+redis.call('EXPIRE', KEYS[7], ARGV[8])
 redis.call('HSET', KEYS[1], 'meta', ARGV[1], 'status', 'queued', 'attempts', 0,
            'owner', ARGV[4], 'dedup', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -246,6 +251,14 @@ class Refresh(StrEnum):
 
 
 @dataclass(frozen=True)
+class FitQuota:
+    """An owner's limits on fits: in progress at once, and created a minute."""
+
+    max_active: int = 2**31
+    per_minute: int = 2**31
+
+
+@dataclass(frozen=True)
 class ActiveState:
     """A queued or running fit as the reconciler sees it (status None: record expired)."""
 
@@ -330,10 +343,22 @@ class JobStore:
         return Claim(outcome.decode()), claimed.decode()
 
     def create(
-        self, fit_id: str, spec: FitSpec, owner: str = "", dedup: tuple[str, ...] = ()
+        self,
+        fit_id: str,
+        spec: FitSpec,
+        owner: str = "",
+        dedup: tuple[str, ...] = (),
+        quota: FitQuota | None = None,
     ) -> bool | None:
         """Record a new fit as queued: True if this call created it, False if it existed
-        already, None if the id belongs to a deleted fit (it is never used again)."""
+        already, None if the id belongs to a deleted fit (it is never used again).
+
+        With a ``quota``, the owner's fits in progress and fits created this minute are
+        checked and counted in the same atomic step (:class:`TooManyRequests` beyond), so
+        that concurrent submissions cannot all pass a check made before any of them counts.
+        """
+        quota = quota or FitQuota()
+        rate_key, reset_s = self._rate(owner, "fits", 60)
         now = utcnow()
         meta = {
             "formula": spec.formula,
@@ -353,6 +378,7 @@ class JobStore:
                     self._owned(owner),
                     self._active_of(owner),
                     self._gone(fit_id),
+                    rate_key,
                 ],
                 args=[
                     json.dumps(meta),
@@ -360,9 +386,18 @@ class JobStore:
                     fit_id,
                     owner,
                     json.dumps([self._dedup(key) for key in dedup]),
+                    quota.max_active,
+                    quota.per_minute,
+                    60,
                 ],
             )
         )
+        if created == -2:
+            raise TooManyRequests(
+                f"{quota.max_active} fits are already queued or running", retry_after=30
+            )
+        if created == -3:
+            raise TooManyRequests(f"over {quota.per_minute} fits a minute", retry_after=reset_s)
         return None if created < 0 else bool(created)
 
     def get(self, fit_id: str) -> FitResource | None:

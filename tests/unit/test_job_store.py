@@ -166,3 +166,28 @@ def test_every_key_is_under_the_prefix(store: JobStore) -> None:
     store.finish(fit_id, FitStatus.SUCCEEDED, token="run-1")
     store.delete(fit_id)
     assert all(key.startswith(b"hbm:") for key in redis.keys("*"))
+
+
+def test_concurrent_creations_never_overshoot_the_owners_quotas(store: JobStore) -> None:
+    """Forty threads create at once: exactly the quota's worth of fits is recorded and
+    counted; the rest are refused with 429, whichever limit binds first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.core.errors import TooManyRequests
+    from service.core.jobs import FitQuota
+
+    def create(quota: FitQuota, owner: str, _: int = 0) -> bool:
+        try:
+            return bool(store.create(new_fit_id(), spec(), owner, quota=quota))
+        except TooManyRequests:
+            return False
+
+    for quota, owner in ((FitQuota(per_minute=7), "a"), (FitQuota(max_active=5), "b")):
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            made = sum(pool.map(create, [quota] * 40, [owner] * 40))
+        assert made == min(quota.per_minute, quota.max_active)
+        assert store.active_count(owner) == made
+    assert store.rate_used("a", "fits")[0] == 7
+    with pytest.raises(TooManyRequests, match="over 7 fits a minute") as refused:
+        store.create(new_fit_id(), spec(), "a", quota=FitQuota(per_minute=7))
+    assert 0 < refused.value.retry_after <= 60
