@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Scalar = str | int | float | bool | None
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -132,6 +132,9 @@ class FitSpec(BaseModel):
     categorical: dict[str, list[Scalar] | None] = Field(default_factory=dict)
     columns: dict[str, list[Scalar]]
     n_dropped: int = 0
+    dropped_rows: list[int] = Field(
+        default_factory=list, description="0-based positions of the incomplete rows dropped."
+    )
     sampler: ResolvedSampler
     name: str | None = None
 
@@ -272,6 +275,20 @@ class Summary(BaseModel):
     parameters: list[ParameterSummary]
 
 
+class NoPooling(BaseModel):
+    """A level's own estimate of a term, from its rows alone (no pooling)."""
+
+    estimate: float = Field(
+        description="The level's own least-squares coefficient (its mean for an intercept-"
+        "only term), on the scale of coef; for an intercept-only logit model, the logit of "
+        "its proportion of successes."
+    )
+    se: float | None = Field(
+        description="Its standard error: posterior mean of sigma times sqrt of the diagonal "
+        "of (Z_j'Z_j)^-1 (sqrt(1/k + 1/(n-k)) for the logit)."
+    )
+
+
 class LevelEffect(BaseModel):
     """One group-level term at one level: the deviation (ranef) and the total (coef)."""
 
@@ -279,6 +296,16 @@ class LevelEffect(BaseModel):
     ranef: Estimate
     coef: Estimate | None = Field(
         description="Fixed part + ranef; null for a categorical group expression."
+    )
+    no_pooling: NoPooling | None = Field(
+        default=None,
+        description="The level's own estimate; null where undefined (too few rows, a "
+        "rank-deficient design, or a model without a no-pooling counterpart).",
+    )
+    pooling_factor: float | None = Field(
+        default=None,
+        description="0 = the level's own estimate, 1 = the population's; posterior mean of "
+        "se^2/(se^2+sd^2).",
     )
 
 
@@ -435,3 +462,70 @@ class Readiness(BaseModel):
         description="Each dependency and what was found: redis, storage, fit and "
         "interactive workers (how many are alive)."
     )
+
+
+class ParetoKCounts(BaseModel):
+    """How many rows fall in each band of the Pareto k diagnostic (as R's ``loo`` prints)."""
+
+    good: int = Field(description="k <= 0.5")
+    ok: int = Field(description="0.5 < k <= 0.7")
+    bad: int = Field(description="0.7 < k <= 1")
+    very_bad: int = Field(description="k > 1")
+
+
+class InfluentialRow(BaseModel):
+    """A row whose leave-one-out estimate is unreliable."""
+
+    row: int = Field(description="0-based position among the rows sent with the fit request.")
+    k: float = Field(description="Pareto k of the row's importance ratios.")
+
+
+class Loo(BaseModel):
+    """PSIS leave-one-out cross-validation of a fit (as ArviZ's and R's ``loo``)."""
+
+    fit_id: str
+    n_obs: int
+    n_draws: int
+    elpd_loo: float = Field(description="Expected log pointwise predictive density.")
+    se: float = Field(description="Standard error of elpd_loo.")
+    p_loo: float = Field(description="Effective number of parameters.")
+    looic: float = Field(description="-2 elpd_loo.")
+    looic_se: float
+    good_k: float = Field(description="min(1 - 1/log10(draws), 0.7): above it, unreliable.")
+    pareto_k: ParetoKCounts
+    influential_rows: list[InfluentialRow] = Field(
+        description="Rows with k > 0.7, highest k first (at most 1,000)."
+    )
+    warning: str | None = Field(description="Why the estimate may be unreliable, if it may.")
+
+
+class ComparisonRequest(Strict):
+    """Fits of the same data and response to compare by PSIS-LOO."""
+
+    fit_ids: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
+        min_length=2, max_length=10, description="Distinct fit ids (2 to 10)."
+    )
+
+
+class ComparedModel(BaseModel):
+    """One fit in a comparison, ranked by elpd_loo (0 is the best)."""
+
+    fit_id: str
+    name: str | None
+    formula: str
+    rank: int
+    elpd_loo: float
+    se: float
+    p_loo: float
+    elpd_diff: float = Field(description="elpd_loo minus the best model's (0 for the best).")
+    se_diff: float = Field(description="Standard error of elpd_diff (paired, row by row).")
+    weight: float = Field(description="Stacking weight of the model's predictive distribution.")
+    pareto_k_above_good: int = Field(description="Rows whose LOO estimate is unreliable.")
+
+
+class Comparison(BaseModel):
+    """Models ranked by their leave-one-out predictive accuracy (ArviZ's ``compare``)."""
+
+    n_obs: int
+    models: list[ComparedModel]
+    verdict: str = Field(description="In words: which differences exceed twice their SE.")

@@ -109,6 +109,35 @@ def test_every_school_has_its_partially_pooled_effect(
         assert low - 0.3 <= effect["coef"]["mean"] <= high + 0.3
 
 
+def test_each_school_shows_its_own_mean_and_smaller_schools_pool_more(
+    client: httpx.Client, seed_fit: dict[str, Any], seed_records: list[dict[str, Any]]
+) -> None:
+    """Beside each partially pooled effect: the school's own mean (no pooling) and how far
+    the estimate moved toward the population (pooling factor: 0 none, 1 complete)."""
+    url = f"/v1/fits/{seed_fit['id']}/groups/school"
+    stored = {row["level"]: row for row in client.get(url).json()["levels"]}
+    scores: dict[str, list[float]] = {}
+    for record in seed_records:
+        scores.setdefault(str(record["school"]), []).append(record["score"])
+    pooling = {}
+    for level, row in stored.items():
+        (effect,) = row["effects"]
+        mean = sum(scores[level]) / len(scores[level])
+        assert effect["no_pooling"]["estimate"] == pytest.approx(mean, abs=1e-9)
+        assert effect["no_pooling"]["se"] > 0
+        pooling[level] = effect["pooling_factor"]
+        assert 0 <= pooling[level] <= 1
+    sizes = {level: len(s) for level, s in scores.items()}
+    smallest = [lv for lv in sizes if sizes[lv] == min(sizes.values())]  # 16 students
+    largest = [lv for lv in sizes if sizes[lv] == max(sizes.values())]  # 33 students
+    assert min(pooling[lv] for lv in smallest) > max(pooling[lv] for lv in largest)
+    # Computed again by a worker at another interval: the same shrinkage.
+    on_demand = client.get(url, params={"prob": 0.5, "interval": "eti"}).json()["levels"]
+    for row in on_demand:
+        (effect,) = row["effects"]
+        assert effect["pooling_factor"] == pooling[row["level"]]
+
+
 def test_an_unknown_factor_is_404(client: httpx.Client, seed_fit: dict[str, Any]) -> None:
     response = client.get(f"/v1/fits/{seed_fit['id']}/groups/classroom")
     assert response.status_code == 404

@@ -28,12 +28,14 @@ from service.core.schemas import (
     Interval,
     IntervalKind,
     LevelEffect,
+    NoPooling,
     ParameterDiagnostics,
     ParameterSummary,
     Summary,
     Verdict,
 )
 from worker.modeling import mcmc_stats
+from worker.modeling.shrinkage import TermShrinkage, shrinkage
 
 SAMPLE_DIMS = ("chain", "draw")
 DEFAULT_INTERVAL: tuple[IntervalKind, float] = ("hdi", DEFAULT_PROB)
@@ -168,12 +170,15 @@ def summarize(
 def group_effects(
     model: bmb.Model, posterior: xr.Dataset, fit_id: str, kind: IntervalKind, prob: float
 ) -> dict[str, GroupEffects]:
-    """For each grouping factor, every level's ranef and coef (fixed part + ranef)."""
+    """For each grouping factor, every level's ranef and coef (fixed part + ranef), and
+    its no-pooling estimate and pooling factor where defined (see ``shrinkage``)."""
+    shrunk = shrinkage(model, posterior)
     result: dict[str, GroupEffects] = {}
     for factor, terms in group_terms(model).items():
         levels: dict[str, GroupLevel] = {}
         for term in terms:
-            _add_term_levels(term, posterior, kind, prob, levels)
+            own = shrunk.get(get_aliased_name(term))
+            _add_term_levels(term, posterior, kind, prob, levels, own)
         result[factor] = GroupEffects(
             fit_id=fit_id,
             factor=factor,
@@ -208,6 +213,7 @@ def _add_term_levels(
     kind: IntervalKind,
     prob: float,
     levels: dict[str, GroupLevel],
+    own: TermShrinkage | None = None,
 ) -> None:
     name = get_aliased_name(term)
     ranef = posterior[name]
@@ -222,11 +228,12 @@ def _add_term_levels(
     for row in rows:
         by_level[(row["name"], row["level"])] = row
     other_dims = [d for d in ranef.dims if d not in (*SAMPLE_DIMS, factor_dim)]
+    other_sizes = tuple(ranef.sizes[d] for d in other_dims)
     for i, level in enumerate(ranef[factor_dim].values):
         entry = levels.setdefault(
             str(level), GroupLevel(level=str(level), n_obs=int(counts[i]), effects=[])
         )
-        for extra in np.ndindex(*(ranef.sizes[d] for d in other_dims)):
+        for extra in np.ndindex(*other_sizes):
             sub = {d: ranef[d].values[j] for d, j in zip(other_dims, extra, strict=True)}
             coords = {factor_dim: level, **sub}
             label = _label({d: coords[d] for d in ranef.dims if d not in SAMPLE_DIMS})
@@ -240,8 +247,25 @@ def _add_term_levels(
                         if fixed is not None
                         else None
                     ),
+                    **_shrinkage_fields(own, i, int(np.ravel_multi_index(extra, other_sizes))),
                 )
             )
+
+
+def _shrinkage_fields(own: TermShrinkage | None, level: int, column: int) -> dict[str, Any]:
+    """``no_pooling`` and ``pooling_factor`` of one level and column (None: undefined)."""
+    if own is None:
+        return {}
+    estimate, se = float(own.estimate[level, column]), float(own.se[level, column])
+    pooling = float(own.pooling[level, column])
+    return {
+        "no_pooling": (
+            NoPooling(estimate=estimate, se=se if math.isfinite(se) else None)
+            if math.isfinite(estimate)
+            else None
+        ),
+        "pooling_factor": pooling if math.isfinite(pooling) else None,
+    }
 
 
 def _estimate(row: dict[str, Any]) -> Estimate:

@@ -63,6 +63,7 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
         categorical=request.categorical,
         columns=kept,
         n_dropped=len(next(iter(columns.values()))) - len(rows),
+        dropped_rows=sorted(set(range(len(next(iter(columns.values()))))) - set(rows)),
         sampler=resolve_sampler(request, settings),
         name=request.name,
     )
