@@ -24,17 +24,21 @@ from service.core.jobs import is_fit_id
 from service.core.protocol import (
     FIT_TASK,
     REPLY_TTL_S,
+    CompareCall,
     DescribeCall,
+    FitRef,
     FittedCall,
     GroupsCall,
+    LooCall,
     PredictCall,
     SummaryCall,
     encode_answer,
     encode_error,
 )
-from service.core.schemas import GroupEffects, Predictions, Summary
+from service.core.schemas import Comparison, GroupEffects, Loo, Predictions, Summary
 from worker.celery_app import app
 from worker.context import context
+from worker.derived import compare, pointwise, stored_loo
 from worker.fitting import run_fit
 from worker.modeling.building import build_model, frame
 from worker.modeling.cache import FittedModel
@@ -89,7 +93,7 @@ def answer(reply_key: str, compute: Callable[[], BaseModel]) -> None:
     pipe.execute()
 
 
-def _fitted(call: FittedCall) -> FittedModel:
+def _fitted(call: FittedCall | FitRef) -> FittedModel:
     if not is_fit_id(call.fit_id):
         raise NotFound("no such fit")
     try:
@@ -158,5 +162,32 @@ def describe_task(payload: dict[str, Any], reply_key: str) -> None:
     def compute() -> BaseModel:
         call = DescribeCall.model_validate(payload)
         return describe(build_model(call.spec), call.spec.n_dropped)
+
+    answer(reply_key, compute)
+
+
+@app.task(name=LooCall.task)
+def loo_task(payload: dict[str, Any], reply_key: str) -> None:
+    """The fit's PSIS-LOO (computed and stored on the first call), and reply."""
+
+    def compute() -> Loo:
+        call = LooCall.model_validate(payload)
+        return stored_loo(context().artifacts, call.fit_id, _fitted(call))
+
+    answer(reply_key, compute)
+
+
+@app.task(name=CompareCall.task)
+def compare_task(payload: dict[str, Any], reply_key: str) -> None:
+    """Compare fits of the same data by PSIS-LOO, and reply."""
+
+    def compute() -> Comparison:
+        call = CompareCall.model_validate(payload)
+        artifacts = context().artifacts
+        fits = {}
+        for ref in call.fits:
+            fitted = _fitted(ref)
+            fits[ref.fit_id] = (fitted, pointwise(artifacts, ref.fit_id, fitted))
+        return compare(fits)
 
     answer(reply_key, compute)

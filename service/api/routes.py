@@ -22,18 +22,35 @@ from service.api.deps import Caller, Services
 from service.api.problems import documented
 from service.api.security import CallerDep
 from service.api.submissions import count_call, submit_fit
-from service.api.validation import parse_csv, validate_fit_request, validate_prediction_data
+from service.api.validation import (
+    check_comparable,
+    parse_csv,
+    validate_fit_request,
+    validate_prediction_data,
+)
 from service.core.artifacts import (
     DIAGNOSTICS_FILE,
     FACTORS_FILE,
     GROUPS_FILE,
+    LOO_FILE,
     PRIORS_FILE,
     SUMMARY_FILE,
 )
 from service.core.errors import InvalidRequest, NotFound, Unavailable
-from service.core.protocol import Call, DescribeCall, GroupsCall, PredictCall, SummaryCall
+from service.core.protocol import (
+    Call,
+    CompareCall,
+    DescribeCall,
+    FitRef,
+    GroupsCall,
+    LooCall,
+    PredictCall,
+    SummaryCall,
+)
 from service.core.schemas import (
     DEFAULT_PROB,
+    Comparison,
+    ComparisonRequest,
     Diagnostics,
     FitRequest,
     FitResource,
@@ -42,6 +59,7 @@ from service.core.schemas import (
     GroupFactors,
     Health,
     IntervalKind,
+    Loo,
     ModelDescription,
     PredictionRequest,
     Predictions,
@@ -249,6 +267,41 @@ async def predict(fit_id: str, request: Request, caller: CallerDep) -> Response:
     return await _ask(caller, call)
 
 
+@result_route("/fits/{fit_id}/loo", Loo)
+async def get_loo(fit_id: str, caller: CallerDep) -> Response:
+    """PSIS leave-one-out cross-validation (elpd_loo, p_loo, looic, Pareto k): computed by a
+    worker on the first request, then stored."""
+
+    def stored() -> Response | None:
+        caller.succeeded(fit_id)
+        try:
+            return _json(caller.services.artifacts.read_result(fit_id, LOO_FILE))
+        except FileNotFoundError:
+            return None
+
+    answer = await run_in_threadpool(stored)
+    if answer is not None:
+        return answer
+    call = await run_in_threadpool(lambda: LooCall(**_fitted(caller, fit_id)))
+    return await _ask(caller, call)
+
+
+@router.post(
+    "/comparisons",
+    tags=["results"],
+    response_model=Comparison,
+    responses=documented(*RESULT_ERRORS),
+    openapi_extra=body_schema(ComparisonRequest),
+)
+async def compare_fits(request: Request, caller: CallerDep) -> Response:
+    """Rank fits of the same data by PSIS-LOO (ArviZ's ``compare``): elpd differences with
+    their SE, stacking weights, and a verdict in words."""
+    limits = DataLimits.for_predictions(caller.settings)
+    comparison = await read_model(request, ComparisonRequest, limits)
+    call = await run_in_threadpool(_compare_call, caller, comparison)
+    return await _ask(caller, call)
+
+
 @router.post(
     "/models/validate",
     tags=["models"],
@@ -315,6 +368,18 @@ def _predict_call(caller: Caller, fit_id: str, request: PredictionRequest) -> Pr
     )
 
 
+def _compare_call(caller: Caller, request: ComparisonRequest) -> CompareCall:
+    """The call comparing the caller's succeeded fits, once they are known comparable."""
+    if len(set(request.fit_ids)) != len(request.fit_ids):
+        raise InvalidRequest.one("fit_ids", "lists a fit more than once")
+    records = {fit_id: caller.succeeded(fit_id) for fit_id in request.fit_ids}
+    artifacts = caller.services.artifacts
+    check_comparable({fit_id: artifacts.read_spec(fit_id) for fit_id in records})
+    count_call(caller)
+    refs = tuple(FitRef(fit_id=i, revision=r.created_at.isoformat()) for i, r in records.items())
+    return CompareCall(fits=refs)
+
+
 def _csv_request(caller: Caller, file: UploadFile, request: str) -> FitRequest:
     """The fit request of a CSV upload: the form's JSON fields and the file's columns."""
     try:
@@ -374,5 +439,6 @@ def _with_links(record: FitResource) -> FitResource:
             "diagnostics": f"{base}/diagnostics",
             "predictions": f"{base}/predictions",
             "priors": f"{base}/priors",
+            "loo": f"{base}/loo",
         }
     return record

@@ -10,6 +10,8 @@
 {data_dir}/fits/{id}/priors.json
 {data_dir}/fits/{id}/results.json       written last: the manifest saying the results are
                                         complete (a re-run of a fit finds them and finishes)
+{data_dir}/fits/{id}/loo-pointwise.npy  computed on first request, after the fit: each row's
+{data_dir}/fits/{id}/loo.json           PSIS-LOO values, then the resource served
 
 Every file is written to a temporary name, flushed to disk (fsync), renamed into place, and
 the folder is flushed too: after a crash a reader finds the old file or the whole new one.
@@ -47,6 +49,8 @@ FACTORS_FILE = "factors.json"
 DIAGNOSTICS_FILE = "diagnostics.json"
 PRIORS_FILE = "priors.json"
 MANIFEST_FILE = "results.json"
+LOO_FILE = "loo.json"
+LOO_POINTWISE_FILE = "loo-pointwise.npy"
 
 
 def group_file(index: int) -> str:
@@ -87,12 +91,15 @@ class Artifacts:
         return self.fit_dir(fit_id) / name
 
     @contextmanager
-    def atomic_path(self, fit_id: str, name: str) -> Iterator[Path]:
+    def atomic_path(self, fit_id: str, name: str, *, create: bool = True) -> Iterator[Path]:
         """A temporary path to write; on success it is flushed and renamed to ``name``.
 
-        Readers see the old file or the new one, never a partial one.
+        Readers see the old file or the new one, never a partial one. Without ``create``,
+        a fit without a folder (deleted meanwhile) is a FileNotFoundError.
         """
         folder = self.fit_dir(fit_id)
+        if not create and not folder.is_dir():
+            raise FileNotFoundError(f"fit {fit_id} has no folder")
         try:
             folder.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
@@ -115,6 +122,12 @@ class Artifacts:
         with self.atomic_path(fit_id, name) as tmp, tmp.open("wb") as handle:
             handle.write(payload)
         return self.path(fit_id, name)
+
+    def write_derived(self, fit_id: str, name: str, payload: bytes) -> None:
+        """Store a result computed after the fit (LOO...) beside its results, atomically;
+        FileNotFoundError if the fit's folder is gone (deleted while it was computed)."""
+        with self.atomic_path(fit_id, name, create=False) as tmp, tmp.open("wb") as handle:
+            handle.write(payload)
 
     def write_json(self, fit_id: str, name: str, value: Any) -> Path:
         """Write JSON atomically."""

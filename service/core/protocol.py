@@ -8,6 +8,8 @@ reply envelope, encoded and decoded by the code here on both sides.
     SummaryCall     hbm.summary    Summary at another interval
     GroupsCall      hbm.groups     GroupEffects of one factor at another interval
     DescribeCall    hbm.describe   ModelDescription (the dry run)
+    LooCall         hbm.loo        Loo (computed once, then stored beside the results)
+    CompareCall     hbm.compare    Comparison of fits by their LOO
 
 A call travels as its JSON (Celery's JSON serializer) and is validated again by the
 worker. The worker answers by pushing one reply to ``JobStore.reply_key(token)``: either
@@ -92,7 +94,35 @@ class DescribeCall(Call):
     spec: FitSpec
 
 
-CALLS: tuple[type[Call], ...] = (PredictCall, SummaryCall, GroupsCall, DescribeCall)
+class LooCall(FittedCall):
+    """The fit's PSIS-LOO: computed and stored on the first call, read afterwards."""
+
+    task: ClassVar[str] = "hbm.loo"
+
+
+class FitRef(BaseModel):
+    """A succeeded fit named in a call about several."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fit_id: str
+    revision: str
+
+
+class CompareCall(Call):
+    """Compare fits of the same data by PSIS-LOO (the API checked they are comparable)."""
+
+    task: ClassVar[str] = "hbm.compare"
+    fits: tuple[FitRef, ...] = Field(min_length=2)
+
+
+CALLS: tuple[type[Call], ...] = (
+    PredictCall,
+    SummaryCall,
+    GroupsCall,
+    DescribeCall,
+    LooCall,
+    CompareCall,
+)
 
 
 class ReplyError(BaseModel):

@@ -278,12 +278,21 @@ def test_unknown_fits_are_404(client: TestClient, fit_id: str) -> None:
 
 def test_results_of_a_queued_fit_are_409(client: TestClient) -> None:
     location = client.post("/v1/fits", json=body()).headers["location"]
-    for path in ("/summary", "/diagnostics", "/groups/school"):
+    for path in ("/summary", "/diagnostics", "/groups/school", "/loo"):
         response = client.get(location + path)
         assert response.status_code == 409
         assert "queued" in response.json()["detail"]
     response = client.post(location + "/predictions", json={"data": {"school": [1]}})
     assert response.status_code == 409
+    fit_id = location.rsplit("/", 1)[1]
+    response = client.post("/v1/comparisons", json={"fit_ids": [fit_id, fit_id]})
+    assert response.status_code == 422  # the same fit twice
+    other = client.post("/v1/fits", json=body(name="other")).json()["id"]
+    response = client.post("/v1/comparisons", json={"fit_ids": [fit_id, other]})
+    assert response.status_code == 409
+    response = client.post("/v1/comparisons", json={"fit_ids": [fit_id]})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "fit_ids"
 
 
 def test_summary_interval_must_be_a_probability(client: TestClient) -> None:

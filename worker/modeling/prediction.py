@@ -167,10 +167,7 @@ def _chunk_draws(
     index: int,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Draws (chain, draw, row) of the chunk's predictions, and which rows had new groups."""
-    params: dict[str, xr.DataArray] = {}
-    for name, component in model.conditional_parameters.items():
-        eta = _linear_predictor(component, posterior, chunk, levels)
-        params[component.alias or name] = _response_scale(model, name, eta, posterior)
+    params = _parameters(model, posterior, chunk, levels)
     extended = posterior.assign(params).assign_coords({OBS: np.arange(len(chunk))})
     parent = model.family.likelihood.parent
     if kind == "mean":
@@ -185,6 +182,26 @@ def _chunk_draws(
         positions = xr.DataArray(np.arange(values.sizes[category]), dims=(category,))
         values = (values * positions).sum(category)
     return values.transpose(*SAMPLE_DIMS, OBS).values, chunk.status
+
+
+def fitted_parameters(model: bmb.Model, posterior: xr.Dataset, data: pd.DataFrame) -> xr.Dataset:
+    """The posterior with each draw's response distribution parameters on the rows of
+    ``data`` (dimension ``__obs__``): rows like those the model was fitted on, whose levels
+    are all seen, as Bambi's ``family.log_likelihood`` expects them."""
+    chunk = _Chunk(data, data, 0)
+    params = _parameters(model, posterior, chunk, NewLevels(posterior, 0))
+    return posterior.assign(params).assign_coords({OBS: np.arange(len(chunk))})
+
+
+def _parameters(
+    model: bmb.Model, posterior: xr.Dataset, chunk: _Chunk, levels: NewLevels
+) -> dict[str, xr.DataArray]:
+    """Draws (chain, draw, row) of every distribution parameter on the chunk's rows."""
+    params: dict[str, xr.DataArray] = {}
+    for name, component in model.conditional_parameters.items():
+        eta = _linear_predictor(component, posterior, chunk, levels)
+        params[component.alias or name] = _response_scale(model, name, eta, posterior)
+    return params
 
 
 def _new_responses(

@@ -16,12 +16,20 @@ Modules, one job each:
 - ``transforms``: every transform's values on the data (``log`` at 0 and its kin);
 - ``priors``: the allow-list of prior distributions and their parameters;
 - ``sampler``: the sampler's settings with defaults filled in, bounded;
-- ``csvdata``: CSV uploads read as a stream into typed columns, bounded.
+- ``csvdata``: CSV uploads read as a stream into typed columns, bounded;
+- ``comparisons``: fits compared by LOO are of the same response and rows.
 """
 
+from service.api.validation.comparisons import check_comparable
 from service.api.validation.csvdata import parse_csv
 from service.api.validation.fits import validate_fit_request
 from service.api.validation.predictions import validate_prediction_data
 from service.api.validation.priors import check_priors
 
-__all__ = ["check_priors", "parse_csv", "validate_fit_request", "validate_prediction_data"]
+__all__ = [
+    "check_comparable",
+    "check_priors",
+    "parse_csv",
+    "validate_fit_request",
+    "validate_prediction_data",
+]
