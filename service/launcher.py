@@ -244,10 +244,15 @@ def service_children(env: Mapping[str, str], python: str = sys.executable) -> li
     ]
 
 
+def api_port(env: Mapping[str, str]) -> str:
+    """The API's port as its settings read it (``HBM_PORT``, else ``PORT``, else 8000)."""
+    return env.get("HBM_PORT") or env.get("PORT") or "8000"
+
+
 def api_notice(env: Mapping[str, str]) -> str:
     """Where the API listens, and how to expose it."""
     host = env["HOST"]
-    url = f"http://{host}:{env.get('PORT', '8000')}"
+    url = f"http://{host}:{api_port(env)}"
     if host in ("127.0.0.1", "localhost", "::1"):
         return (
             f"API on {url}/docs, this machine only (Ctrl-C stops). To expose it, set"
@@ -294,7 +299,7 @@ def main() -> None:
     say(api_notice(api_env))
     host = api_env.get("HOST", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    say_when_ready(f"http://{host}:{api_env.get('PORT', '8000')}")
+    say_when_ready(f"http://{host}:{api_port(api_env)}")
     raise SystemExit(Supervisor(children).run())
 
 

@@ -198,6 +198,8 @@ def test_the_api_listens_on_loopback_unless_host_is_set() -> None:
     notice = api_notice(by_name["API"].env)
     assert "http://127.0.0.1:8123" in notice
     assert "HOST=0.0.0.0 make run" in notice and "HBM_API_KEY_HASHES" in notice
+    # the port the settings read: HBM_PORT before PORT (it said 8000 when HBM_PORT was set)
+    assert "http://127.0.0.1:8124" in api_notice({"HOST": "127.0.0.1", "HBM_PORT": "8124"})
 
 
 def test_a_host_set_in_the_environment_is_kept_for_the_api() -> None:
