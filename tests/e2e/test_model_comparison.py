@@ -1,16 +1,19 @@
 """The seed study's argument over HTTP: complete pooling (``score ~ 1``), no pooling
 (``score ~ 0 + C(school)``) and partial pooling (``score ~ (1 | school)``), each with its
 PSIS-LOO, then compared: complete pooling predicts far worse; the other two are not
-distinguishable. Fits of other data are refused with the reason."""
+distinguishable. Fits of other data are refused with the reason. And the LOO of one model
+against R's loo on Stan draws of the same model and priors."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import QUICK, wait_for_fit
+from tests.support.reference import FOLDER
 
 pytestmark = pytest.mark.e2e
 
@@ -87,3 +90,34 @@ def test_fits_of_other_data_are_not_compared(
         "/v1/comparisons", json={"fit_ids": [pooling_fits["partial pooling"], "0" * 32]}
     )
     assert unknown.status_code == 404
+
+
+def test_loo_agrees_with_r_loo_on_the_same_model_and_priors(
+    client: httpx.Client, seed_records: list[dict[str, Any]]
+) -> None:
+    """R's loo on brms (Stan) draws of the seed study with the same priors
+    (``tests/reference/brms_references.R``): equal within Monte Carlo error."""
+    reference = json.loads((FOLDER / "seed_loo.reference.json").read_text())
+    body = {
+        "data": seed_records,
+        "formula": "score ~ (1 | school)",
+        "priors": {
+            "Intercept": {"dist": "Normal", "params": {"mu": 0, "sigma": 20}},
+            "1|school": {
+                "dist": "Normal",
+                "params": {"mu": 0, "sigma": {"dist": "HalfNormal", "params": {"sigma": 10}}},
+            },
+            "sigma": {"dist": "HalfNormal", "params": {"sigma": 10}},
+        },
+        "sampler": {"chains": 4, "draws": 1000, "tune": 1000, "seed": 5},
+    }
+    response = client.post("/v1/fits", json=body)
+    assert response.status_code == 202, response.text
+    fit_id = wait_for_fit(client, response.headers["location"])["id"]
+    loo = client.get(f"/v1/fits/{fit_id}/loo").json()
+    # Monte Carlo error of elpd_loo here is about 0.1 (4,000 draws, p_loo 20); 1.0 is
+    # a tenth of what a change of the model (its priors or likelihood) moves it.
+    assert loo["elpd_loo"] == pytest.approx(reference["elpd_loo"], abs=1.0)
+    assert loo["se"] == pytest.approx(reference["elpd_loo_se"], rel=0.02)
+    assert loo["p_loo"] == pytest.approx(reference["p_loo"], abs=1.0)
+    assert max(loo["pareto_k"]["ok"], loo["pareto_k"]["bad"], loo["pareto_k"]["very_bad"]) == 0
