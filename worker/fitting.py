@@ -50,7 +50,7 @@ from worker.context import Context
 from worker.heartbeat import BackgroundThread, Heartbeat
 from worker.modeling import parameterization
 from worker.modeling.building import build_model
-from worker.modeling.sampling import PROGRESS_INTERVAL_S, STOP_MESSAGES, sample
+from worker.modeling.sampling import PROGRESS_INTERVAL_S, STOP_MESSAGES, sample_with_refit
 from worker.modeling.storage import result_files, spec_digest, stored_manifest, write_results
 from worker.resilience import RedisUnavailable, best_effort, retry_redis
 
@@ -265,7 +265,7 @@ class FitRun:
         model = build_model(spec)
         self.checkpoint()
         choice = parameterization.apply(model, spec.sampler.parameterization)
-        result = sample(
+        result, runs = sample_with_refit(
             model,
             spec.sampler,
             progress,
@@ -278,13 +278,13 @@ class FitRun:
         progress(Progress(phase="summarizing", fraction=1.0))
         summarizing = time.perf_counter()
         files = result_files(
-            model, result.posterior, result.sample_stats, fit_id, choice, result.likelihood
+            model, result.posterior, result.sample_stats, fit_id, choice, result.likelihood, runs
         )
         self.checkpoint()
         timings.build_s = result.build_s
         timings.compile_s = result.compile_s
         timings.compiled = result.compiled_now
-        timings.sampling_s = result.sampling_s
+        timings.sampling_s = sum(run.sampling_s for run in runs)
         timings.summarize_s = time.perf_counter() - summarizing
         timings.total_s = time.perf_counter() - started
         versions = library_versions()

@@ -30,12 +30,13 @@ from service.core.protocol import (
     FittedCall,
     GroupsCall,
     LooCall,
+    PpcCall,
     PredictCall,
     SummaryCall,
     encode_answer,
     encode_error,
 )
-from service.core.schemas import Comparison, GroupEffects, Loo, Predictions, Summary
+from service.core.schemas import Comparison, GroupEffects, Loo, Ppc, Predictions, Summary
 from worker.celery_app import app
 from worker.context import context
 from worker.derived import compare, pointwise, stored_loo
@@ -43,6 +44,7 @@ from worker.fitting import run_fit
 from worker.modeling.building import build_model, frame
 from worker.modeling.cache import FittedModel
 from worker.modeling.describe import describe
+from worker.modeling.ppc import posterior_predictive_check
 from worker.modeling.prediction import predict
 from worker.modeling.summaries import group_effects, summarize
 from worker.resilience import best_effort
@@ -189,5 +191,29 @@ def compare_task(payload: dict[str, Any], reply_key: str) -> None:
             fitted = _fitted(ref)
             fits[ref.fit_id] = (fitted, pointwise(artifacts, ref.fit_id, fitted))
         return compare(fits)
+
+    answer(reply_key, compute)
+
+
+@app.task(name=PpcCall.task)
+def ppc_task(payload: dict[str, Any], reply_key: str) -> None:
+    """A posterior predictive check of the fit, and reply."""
+
+    def compute() -> Ppc:
+        call = PpcCall.model_validate(payload)
+        fitted = _fitted(call)
+        spec = fitted.spec
+        return posterior_predictive_check(
+            fitted.model,
+            fitted.posterior,
+            frame(spec.columns, spec),
+            family=spec.family,
+            stat=call.stat,
+            by=call.by,
+            prob=call.prob,
+            interval_kind=call.interval,
+            seed=call.seed,
+            fit_id=call.fit_id,
+        )
 
     answer(reply_key, compute)

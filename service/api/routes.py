@@ -44,6 +44,7 @@ from service.core.protocol import (
     FitRef,
     GroupsCall,
     LooCall,
+    PpcCall,
     PredictCall,
     SummaryCall,
 )
@@ -61,6 +62,8 @@ from service.core.schemas import (
     IntervalKind,
     Loo,
     ModelDescription,
+    Ppc,
+    PpcStatName,
     PredictionRequest,
     Predictions,
     Priors,
@@ -286,6 +289,28 @@ async def get_loo(fit_id: str, caller: CallerDep) -> Response:
     return await _ask(caller, call)
 
 
+@result_route("/fits/{fit_id}/ppc", Ppc)
+async def get_ppc(
+    fit_id: str,
+    caller: CallerDep,
+    stat: Annotated[PpcStatName, Query(description="The statistic T of the response.")] = "mean",
+    by: Annotated[
+        str | None, Query(max_length=200, description="A grouping factor or column: T per level.")
+    ] = None,
+    prob: ProbQuery = DEFAULT_PROB,
+    interval: KindQuery = "hdi",
+    seed: Annotated[int, Query(ge=0, lt=2**32, description="Seeds the replicated data.")] = 0,
+) -> Response:
+    """Posterior predictive check: T on the data against T on data replicated from the
+    posterior (mean, sd, interval) and the p-value P(T(y_rep) >= T(y)); per level of ``by``."""
+    call = await run_in_threadpool(
+        lambda: PpcCall(
+            **_fitted(caller, fit_id), stat=stat, by=by, interval=interval, prob=prob, seed=seed
+        )
+    )
+    return await _ask(caller, call)
+
+
 @router.post(
     "/comparisons",
     tags=["results"],
@@ -440,5 +465,6 @@ def _with_links(record: FitResource) -> FitResource:
             "predictions": f"{base}/predictions",
             "priors": f"{base}/priors",
             "loo": f"{base}/loo",
+            "ppc": f"{base}/ppc",
         }
     return record

@@ -9,6 +9,7 @@ reply envelope, encoded and decoded by the code here on both sides.
     GroupsCall      hbm.groups     GroupEffects of one factor at another interval
     DescribeCall    hbm.describe   ModelDescription (the dry run)
     LooCall         hbm.loo        Loo (computed once, then stored beside the results)
+    PpcCall         hbm.ppc        Ppc: a posterior predictive check
     CompareCall     hbm.compare    Comparison of fits by their LOO
 
 A call travels as its JSON (Celery's JSON serializer) and is validated again by the
@@ -33,7 +34,7 @@ from service.core.errors import (
     ServiceError,
     Unavailable,
 )
-from service.core.schemas import Columns, FitSpec, IntervalKind
+from service.core.schemas import Columns, FitSpec, IntervalKind, PpcStatName
 
 FIT_TASK = "hbm.fit"
 #: How long a reply waits in Redis for the API to collect it.
@@ -100,6 +101,17 @@ class LooCall(FittedCall):
     task: ClassVar[str] = "hbm.loo"
 
 
+class PpcCall(FittedCall):
+    """A posterior predictive check of one statistic, overall and per level of ``by``."""
+
+    task: ClassVar[str] = "hbm.ppc"
+    stat: PpcStatName
+    by: str | None = None
+    interval: IntervalKind
+    prob: float
+    seed: int
+
+
 class FitRef(BaseModel):
     """A succeeded fit named in a call about several."""
 
@@ -121,6 +133,7 @@ CALLS: tuple[type[Call], ...] = (
     GroupsCall,
     DescribeCall,
     LooCall,
+    PpcCall,
     CompareCall,
 )
 

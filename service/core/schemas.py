@@ -43,7 +43,20 @@ class SamplerSettings(Strict):
     seed: int | None = Field(
         default=None, ge=0, lt=2**32, description="Fix it for a reproducible fit."
     )
-    target_accept: float = Field(default=0.8, gt=0.5, lt=1.0)
+    target_accept: float | None = Field(
+        default=None,
+        gt=0.5,
+        lt=1.0,
+        description="NUTS's target acceptance rate (Stan's adapt_delta). Default: 0.95 as "
+        "rstanarm samples every model, except 0.8 for gaussian models (collapsed to "
+        "sufficient statistics, they sample cleanly at the larger step).",
+    )
+    refit_divergent: bool = Field(
+        default=True,
+        description="When more than 1% of draws diverge, sample once more at a higher "
+        "target_accept (1 - (1 - target_accept) / 4, at most 0.99); /diagnostics reports both "
+        "runs.",
+    )
     method: Literal["nutpie"] = "nutpie"
     time_limit_s: int | None = Field(
         default=None, ge=1, description="Fail the fit with reason 'timeout' past this time."
@@ -69,6 +82,7 @@ class ResolvedSampler(BaseModel):
     seed: int
     target_accept: float
     method: str
+    refit_divergent: bool = False
     time_limit_s: int = 3600
     parameterization: Parameterization = "auto"
     adaptation: Adaptation = "diag"
@@ -344,6 +358,15 @@ class Verdict(StrEnum):
     FAIL = "fail"
 
 
+class SamplerRun(BaseModel):
+    """One sampling run of a fit."""
+
+    target_accept: float
+    divergences: int
+    draws: int = Field(description="Draws of all chains.")
+    sampling_s: float
+
+
 class Diagnostics(BaseModel):
     """Convergence diagnostics with a verdict (Vehtari et al. 2021 thresholds)."""
 
@@ -370,6 +393,12 @@ class Diagnostics(BaseModel):
         description="How the sampler evaluated the likelihood: sufficient_statistics (gaussian "
         "models: sums per group level, the same posterior at a cost independent of the rows) "
         "or row_wise.",
+    )
+    runs: list[SamplerRun] = Field(
+        default_factory=list,
+        description="Each sampling run, in order: two when the first diverged in more than 1% "
+        "of its draws and was sampled again at a higher target_accept (the results are the "
+        "last run's).",
     )
 
 
@@ -529,3 +558,69 @@ class Comparison(BaseModel):
     n_obs: int
     models: list[ComparedModel]
     verdict: str = Field(description="In words: which differences exceed twice their SE.")
+
+
+# ----------------------------------------------------------- posterior predictive checks
+
+#: Test statistics a posterior predictive check computes over rows (the route's ``stat``).
+PpcStatName = Literal["mean", "sd", "min", "max", "median", "q05", "q95"]
+
+
+class PpcStatistic(BaseModel):
+    """A statistic T of the response: its value on the data, and its distribution over
+    responses replicated from the posterior predictive distribution."""
+
+    observed: float = Field(description="T(y) on the rows the model was fitted on.")
+    replicated: Estimate = Field(
+        description="Mean, sd and credible interval of T(y_rep) over the posterior draws."
+    )
+    p_value: float = Field(
+        ge=0,
+        le=1,
+        description="Posterior predictive p-value P(T(y_rep) >= T(y)), ties counted half: "
+        "near 0 or 1, the model does not reproduce T; near 0.5, it does.",
+    )
+
+
+class PpcGroup(PpcStatistic):
+    """The statistic on the rows of one level of the ``by`` factor."""
+
+    level: str
+    n_obs: int
+
+
+class PpcCategory(PpcStatistic):
+    """The proportion of rows in one category of an ordinal response."""
+
+    category: str
+
+
+class Ppc(BaseModel):
+    """A posterior predictive check of a fit, overall and per level of a factor.
+
+    For bernoulli and binomial responses the only statistic is the proportion of successes
+    (``stat`` mean; binomial: successes / trials, summed over the rows); for cumulative
+    (ordinal) responses, statistics are of the 0-based category positions and
+    ``categories`` compares the proportion of each category.
+    """
+
+    fit_id: str
+    stat: PpcStatName
+    statistic: str = Field(description="What T is, in words.", examples=["mean of the response"])
+    interval: Interval
+    n_obs: int
+    n_draws: int = Field(description="Posterior draws, each giving one replicated data set.")
+    overall: PpcStatistic
+    by: str | None = Field(default=None, description="The factor or column of ``levels``.")
+    n_levels: int | None = Field(
+        default=None, description="Levels of ``by`` in the data (``levels`` lists at most 1,000)."
+    )
+    levels: list[PpcGroup] = Field(
+        default_factory=list,
+        description="Per level, in the factor's order: all levels up to 1,000, else the "
+        "1,000 with the most rows; a level where T is undefined (the sd of one row, a "
+        "proportion of zero trials) is left out.",
+    )
+    categories: list[PpcCategory] | None = Field(
+        default=None, description="Ordinal responses: the proportion of rows in each category."
+    )

@@ -90,8 +90,9 @@ def test_a_valid_fit_is_accepted_and_queued(
         "tune": 1000,
         "chains": 4,
         "seed": 3,
-        "target_accept": 0.8,
+        "target_accept": 0.8,  # a gaussian model's default
         "method": "nutpie",
+        "refit_divergent": True,
         "time_limit_s": 3600,
         "parameterization": "auto",
         "adaptation": "diag",

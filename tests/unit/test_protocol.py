@@ -18,8 +18,12 @@ from service.core.protocol import (
     CALLS,
     FIT_TASK,
     Call,
+    CompareCall,
     DescribeCall,
+    FitRef,
     GroupsCall,
+    LooCall,
+    PpcCall,
     PredictCall,
     SummaryCall,
     decode_reply,
@@ -45,6 +49,9 @@ def examples() -> list[Call]:
         SummaryCall(**fitted, interval="eti", prob=0.5),
         GroupsCall(**fitted, factor="school", interval="hdi", prob=0.8),
         DescribeCall(spec=spec()),
+        LooCall(**fitted),
+        PpcCall(**fitted, stat="q95", by="school", interval="eti", prob=0.9, seed=1),
+        CompareCall(fits=(FitRef(**fitted), FitRef(fit_id="b" * 32, revision="r"))),
     ]
 
 

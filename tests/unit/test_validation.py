@@ -400,3 +400,22 @@ def test_predictions_are_bounded_by_rows_times_posterior_draws() -> None:
         "6 rows x 4000 posterior draws (4 chains x 1000) would be 24,000 predicted values; "
         "the limit is 20,000: send at most 5 rows per request",
     )
+
+
+def test_the_target_acceptance_rate_defaults_per_family_as_rstanarm_samples() -> None:
+    """rstanarm samples every model at adapt_delta 0.95; gaussian models here keep 0.8."""
+    from service.api.validation.sampler import resolve_sampler
+    from service.core.schemas import FitRequest
+    from service.core.settings import Settings
+    from worker.modeling.sampling import raised_target_accept
+
+    def resolved(**fields: Any) -> float:
+        request = FitRequest.model_validate({"data": {"y": [0, 1]}, "formula": "y ~ 1", **fields})
+        return resolve_sampler(request, Settings()).target_accept
+
+    assert resolved() == 0.8
+    assert resolved(family="bernoulli") == 0.95
+    assert resolved(family="poisson", sampler={"target_accept": 0.9}) == 0.9
+    assert raised_target_accept(0.8) == pytest.approx(0.95)
+    assert raised_target_accept(0.95) == pytest.approx(0.9875)
+    assert raised_target_accept(0.995) == 0.99

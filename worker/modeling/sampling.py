@@ -15,7 +15,7 @@ import nutpie
 import xarray as xr
 
 from service.core.errors import FitFailed
-from service.core.schemas import ChainProgress, Progress, ResolvedSampler
+from service.core.schemas import ChainProgress, Progress, ResolvedSampler, SamplerRun
 from worker.modeling.compiled import CompiledModels, lift
 from worker.patches import clean_results
 
@@ -213,3 +213,50 @@ def _progress(chains: list[Any]) -> Progress:
     ]
     total = sum(r.draws_total for r in rows) or 1
     return Progress(phase="sampling", fraction=sum(r.draws_done for r in rows) / total, chains=rows)
+
+
+#: More than this share of divergent draws fails the verdict, and asks for a second run.
+DIVERGENT_SHARE = 0.01
+#: The highest target acceptance rate a second run goes to.
+MAX_TARGET_ACCEPT = 0.99
+
+
+def raised_target_accept(target_accept: float) -> float:
+    """The second run's target: a quarter of the first's rejection rate (0.8 -> 0.95,
+    0.95 -> 0.9875), at most ``MAX_TARGET_ACCEPT``."""
+    return min(MAX_TARGET_ACCEPT, 1 - (1 - target_accept) / 4)
+
+
+def divergences(result: SampleResult) -> int:
+    """Divergent draws of all chains."""
+    stats = result.sample_stats
+    return int(stats["diverging"].sum()) if "diverging" in stats else 0
+
+
+def sample_with_refit(
+    model: bmb.Model, sampler: ResolvedSampler, report: ProgressSink, **options: Any
+) -> tuple[SampleResult, list[SamplerRun]]:
+    """``sample``; then, when more than 1% of the draws diverged and the sampler allows it,
+    once more at a higher target acceptance rate (smaller steps), as a Stan user raises
+    adapt_delta. The result is the last run's; every run's figures come with it."""
+    result = sample(model, sampler, report, **options)
+    runs = [_figures(result, sampler.target_accept)]
+    raised = raised_target_accept(sampler.target_accept)
+    diverged = runs[0].divergences > DIVERGENT_SHARE * runs[0].draws
+    if diverged and sampler.refit_divergent and raised > sampler.target_accept:
+        log.info("%d divergent draws at %.3f: sampling again at %.4f", runs[0].divergences,
+                 sampler.target_accept, raised)  # fmt: skip
+        second = sampler.model_copy(update={"target_accept": raised})
+        result = sample(model, second, report, **options)
+        runs.append(_figures(result, raised))
+    return result, runs
+
+
+def _figures(result: SampleResult, target_accept: float) -> SamplerRun:
+    stats = result.sample_stats
+    return SamplerRun(
+        target_accept=target_accept,
+        divergences=divergences(result),
+        draws=stats.sizes["chain"] * stats.sizes["draw"],
+        sampling_s=round(result.sampling_s, 3),
+    )

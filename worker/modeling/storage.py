@@ -29,7 +29,7 @@ from service.core.artifacts import (
     group_file,
 )
 from service.core.errors import DamagedResults
-from service.core.schemas import FitSpec, GroupFactors, GroupInfo, Priors
+from service.core.schemas import FitSpec, GroupFactors, GroupInfo, Priors, SamplerRun
 from worker.modeling.describe import priors_used
 from worker.modeling.parameterization import Choice
 from worker.modeling.summaries import DEFAULT_INTERVAL, diagnose, group_effects, summarize
@@ -96,6 +96,7 @@ def result_files(
     fit_id: str,
     choice: Choice | None = None,
     likelihood: str | None = None,
+    runs: list[SamplerRun] | None = None,
 ) -> dict[str, bytes | memoryview]:
     """Every result file's content: the posterior, then the response models the API serves
     as they are (summary, group effects by factor, the factors, diagnostics, priors)."""
@@ -121,6 +122,7 @@ def result_files(
         parameterization_reason=choice.reason if choice else None,
         likelihood=likelihood,
     )
+    diagnostics.runs = runs or []
     models: dict[str, BaseModel] = {
         SUMMARY_FILE: summarize(model, posterior, fit_id, kind, prob),
         GROUPS_FILE: RootModel[dict[str, str]](

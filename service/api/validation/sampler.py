@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 
 from service.core.errors import FieldError, InvalidRequest
+from service.core.families import default_target_accept
 from service.core.schemas import FitRequest, ResolvedSampler
 from service.core.settings import Settings
 
@@ -18,8 +19,9 @@ def resolve_sampler(request: FitRequest, settings: Settings) -> ResolvedSampler:
         tune=s.tune if s.tune is not None else settings.default_tune,
         chains=s.chains if s.chains is not None else settings.default_chains,
         seed=s.seed if s.seed is not None else secrets.randbelow(2**32),
-        target_accept=s.target_accept,
+        target_accept=s.target_accept or default_target_accept(request.family),
         method=s.method,
+        refit_divergent=s.refit_divergent,
         time_limit_s=s.time_limit_s or settings.fit_time_limit_s,
         parameterization=s.parameterization,
         adaptation=s.adaptation,
