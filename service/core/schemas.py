@@ -20,6 +20,7 @@ Columns = dict[str, list[Scalar]]
 IntervalKind = Literal["hdi", "eti"]
 Parameterization = Literal["auto", "noncentered", "centered"]
 Adaptation = Literal["diag", "low_rank"]
+GroupCorrelations = Literal["estimate", "independent"]
 DEFAULT_PROB = 0.94
 
 
@@ -126,6 +127,15 @@ class ModelRequest(Strict):
         default="error",
         description="error: missing values in used columns are a 422; drop: drop those rows.",
     )
+    group_correlations: GroupCorrelations = Field(
+        default="estimate",
+        description="estimate (the default): the terms of one parenthesised group term, as "
+        "'(1 + x | g)', are one multivariate normal per level whose correlations are "
+        "estimated (LKJ prior, eta 1 unless priors sets '1|g:x|g_corr'), as lme4, rstanarm "
+        "and brms do: assuming independence understates the uncertainty of the slopes when "
+        "intercepts and slopes correlate. independent: Bambi's model, each term on its own. "
+        "Separate terms '(1 | g) + (0 + x | g)' are independent either way.",
+    )
 
 
 class FitRequest(ModelRequest):
@@ -151,6 +161,11 @@ class FitSpec(BaseModel):
     )
     sampler: ResolvedSampler
     name: str | None = None
+    group_correlations: GroupCorrelations = Field(
+        default="independent",
+        description="As requested; a spec stored before the option existed was fitted "
+        "independent, hence this default.",
+    )
 
 
 class FitStatus(StrEnum):
@@ -332,12 +347,25 @@ class GroupLevel(BaseModel):
 
 
 class GroupEffects(BaseModel):
-    """The partially pooled effect of every level of one grouping factor."""
+    """The partially pooled effect of every level of one grouping factor, and the
+    population they come from (lme4's ``VarCorr``): each term's SD and their correlations."""
 
     fit_id: str
     factor: str
     interval: Interval
     levels: list[GroupLevel]
+    terms: list[str] = Field(
+        default_factory=list, description="The factor's group terms: the order of sd and corr."
+    )
+    sd: list[Estimate | None] = Field(
+        default_factory=list,
+        description="Each term's SD across levels; null for a term with no single SD.",
+    )
+    corr: list[list[Estimate | None]] = Field(
+        default_factory=list,
+        description="Correlations of the terms; null where the model does not estimate one "
+        "(terms in separate parentheses are independent), 1 on the diagonal.",
+    )
 
 
 class ParameterDiagnostics(BaseModel):

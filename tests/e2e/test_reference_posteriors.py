@@ -1,5 +1,6 @@
 """Correctness: four hierarchical problems whose posteriors were computed with Stan by
-others, fitted through the HTTP API with the priors sent in the request. Every reference
+others, and one computed here with brms (the radon varying intercept and slope with their
+correlation), fitted through the HTTP API with the priors sent in the request. Every reference
 mean must be within 0.1 reference sd and every sd within 15%. A conjugate model checks an
 exact posterior. A silent change in how requests map to Bambi fails here."""
 
@@ -72,6 +73,20 @@ def problem(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 "sigma": half_normal(1),
             },
         }
+    elif name == "radon_mn_correlated":  # brms, tests/reference/brms_references.R
+        request = {
+            "data": {k: data[k] for k in ("log_radon", "floor_measure")}
+            | {"county": strings(data["county_idx"])},
+            "formula": "log_radon ~ 1 + floor_measure + (1 + floor_measure | county)",
+            "priors": {
+                "Intercept": normal(0, 10),
+                "floor_measure": normal(0, 10),
+                "1|county": normal(0, half_normal(1)),
+                "floor_measure|county": normal(0, half_normal(1)),
+                "sigma": half_normal(1),
+                "1|county:floor_measure|county_corr": {"dist": "LKJCorr", "params": {"eta": 1}},
+            },
+        }
     else:  # synthetic_irt_1pl: crossed logistic, group SDs fixed at 1
         fixed_one = {"dist": "Constant", "params": {"value": 1}}
         request = {
@@ -97,6 +112,7 @@ def problem(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "eight_schools_noncentered",
         "radon_contextual_effects_mn_halfnormal",
         "radon_mn_variable_intercept_slope",
+        "radon_mn_correlated",
         "synthetic_irt_1pl",
     ],
 )

@@ -22,9 +22,14 @@ FOLDER = Path(__file__).resolve().parents[1] / "data" / "reference"
 _LEVEL = re.compile(r"^(?P<neg>-\()?(?P<term>[^\[]+)\[(?P<level>[^\]]+)\]\)?$")
 
 
+#: Problems computed for this project on another problem's data.
+DATA_OF = {"radon_mn_correlated": "radon_mn_variable_intercept_slope"}
+
+
 def load(name: str) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     """The problem's data columns and its reference parameters."""
-    data = json.loads((FOLDER / f"{name}.data.json").read_text())["columns"]
+    data_file = FOLDER / f"{DATA_OF.get(name, name)}.data.json"
+    data = json.loads(data_file.read_text())["columns"]
     reference = json.loads((FOLDER / f"{name}.reference.json").read_text())["params"]
     return data, reference
 

@@ -15,6 +15,7 @@ from scipy import sparse
 from service.core.errors import FitFailed
 from service.core.formula import check_formula
 from service.core.schemas import FitSpec, PriorSpec, Scalar
+from worker.modeling.correlated import Correlations, correlate, requested
 from worker.patches import in_a_clean_frame, one_byte_indicators
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,41 @@ def bambi_prior(spec: PriorSpec) -> bmb.Prior:
     return bmb.Prior(spec.dist, **params)
 
 
+class CorrelatedModel(bmb.Model):  # type: ignore[misc]  # bambi is untyped
+    """Bambi's model whose PyMC model, once built, estimates the correlations of
+    ``wanted_correlations`` (see ``correlated``); ``correlations`` says what it does."""
+
+    wanted_correlations = Correlations()
+    correlations = Correlations()
+
+    def build(self) -> None:
+        super().build()
+        self.backend.model, self.correlations = correlate(
+            self.backend.model, self.wanted_correlations
+        )
+
+
+def correlations_of(model: bmb.Model) -> Correlations:
+    """The correlation blocks of ``model``: those its PyMC model estimates once built,
+    those its spec asks for before (a block can be left independent, see ``correlated``)."""
+    if not isinstance(model, CorrelatedModel):
+        return Correlations()
+    return model.correlations if model.built else model.wanted_correlations
+
+
+def wanted_correlations(spec: FitSpec) -> Correlations:
+    """The blocks of ``spec``'s formulas to estimate jointly, with their LKJ ``eta``."""
+    if spec.group_correlations != "estimate":
+        return Correlations()
+    wanted = requested(spec.formula, spec.distributional, {})
+    eta = {
+        block.name: float(spec.priors[block.prior_key].params["eta"])  # type: ignore[arg-type]
+        for block in wanted.blocks
+        if block.prior_key in spec.priors
+    }
+    return Correlations(blocks=wanted.blocks, eta=eta)
+
+
 def build_model(spec: FitSpec) -> bmb.Model:
     """A Bambi model for ``spec``. Every formula is checked again before Bambi sees it."""
     check_formula(spec.formula, spec.columns, max_length=len(spec.formula))
@@ -64,15 +100,21 @@ def build_model(spec: FitSpec) -> bmb.Model:
         formula = f"{parameter} ~ {rhs}"
         check_formula(formula, spec.columns, max_length=len(formula), parameter=parameter)
         extra.append(formula)
+    wanted = wanted_correlations(spec)
+    lkj_keys = {block.prior_key for block in wanted.blocks}
     try:
         with one_byte_indicators():
             model = in_a_clean_frame(
-                bmb.Model,
+                CorrelatedModel,
                 bmb.Formula(spec.formula, *extra),
                 frame(spec.columns, spec),
                 family=spec.family,
                 link=spec.link,
-                priors={term: bambi_prior(prior) for term, prior in spec.priors.items()},
+                priors={
+                    term: bambi_prior(prior)
+                    for term, prior in spec.priors.items()
+                    if term not in lkj_keys
+                },
                 noncentered=spec.sampler.parameterization != "centered",
                 extra_namespace=EXTRA_NAMESPACE,
             )
@@ -81,8 +123,33 @@ def build_model(spec: FitSpec) -> bmb.Model:
         raise FitFailed(
             "model_error", "the model could not be built from this formula and data"
         ) from exc
+    model.wanted_correlations = one_column_blocks(model, wanted)
     release_group_indicators(model)
     return model
+
+
+def one_column_blocks(model: bmb.Model, wanted: Correlations) -> Correlations:
+    """``wanted`` without the blocks that hold a term of several columns (a categorical
+    expression, as in ``(1 + C(a) | g)``): those stay independent (see ``correlated``)."""
+    terms = {
+        name: term
+        for component in model.parameters.values()
+        for name, term in getattr(component, "group_specific_terms", {}).items()
+    }
+    kept = Correlations(eta=wanted.eta, left_independent=dict(wanted.left_independent))
+    for block in wanted.blocks:
+        wide = [
+            name
+            for name in block.terms
+            if name not in terms or np.asarray(terms[name].predictor).ndim != 1
+        ]
+        if wide:
+            reason = f"'{wide[0]}' has more than one column"
+            log.info("group terms %s stay independent: %s", block.name, reason)
+            kept.left_independent[block.name] = reason
+        else:
+            kept.blocks.append(block)
+    return kept
 
 
 def release_group_indicators(model: bmb.Model) -> None:

@@ -39,6 +39,7 @@ import gc
 import hashlib
 import io
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ from worker.patches import compile_without_fast_math
 log = logging.getLogger(__name__)
 
 INPUT_PREFIX = "hbm_data_"
+#: An object's address in a printed graph: not part of the structure.
+ADDRESS = re.compile(r" object at 0x[0-9a-fA-F]+")
 
 
 @dataclass
@@ -119,7 +122,11 @@ def lift(model: bmb.Model, centre_on: str | None = None) -> LiftedModel:
     graph.replace_all(replacements, import_missing=True)
     printed = io.StringIO()
     debugprint(graph, file=printed, print_type=True)
-    key = hashlib.sha256(f"{printed.getvalue()}\n{signature!r}".encode()).hexdigest()
+    # Ops print their transforms with their addresses (``<...LogTransform object at 0x…>``);
+    # a transform made anew for each model (the LKJ factor's, see ``correlated``) would
+    # otherwise give every fit a structure of its own.
+    text = ADDRESS.sub(" object", printed.getvalue())
+    key = hashlib.sha256(f"{text}\n{signature!r}".encode()).hexdigest()
     return LiftedModel(model_from_fgraph(graph, mutate_fgraph=True), key, inputs, likelihood)
 
 

@@ -6,8 +6,10 @@ from typing import Any
 
 import bambi as bmb
 import numpy as np
+from pymc.distributions.multivariate import LKJCorrRV
 
 from service.core.schemas import GroupInfo, ModelDescription, PriorUsed
+from worker.modeling.building import correlations_of
 from worker.modeling.summaries import group_terms
 
 
@@ -35,16 +37,29 @@ def priors_used(model: bmb.Model) -> list[PriorUsed]:
                 continue  # an offset: a fixed column, no parameter
             kind = "group" if "|" in term.name else "common"
             rows.append(PriorUsed(term=term.name, kind=kind, **prior_dict(term.prior)))
+    wanted = correlations_of(model)
+    for block in wanted.blocks:  # the LKJ prior of each correlated block (see correlated)
+        params = {"eta": wanted.eta_of(block)}
+        rows.append(PriorUsed(term=block.prior_key, kind="group", dist="LKJCorr", params=params))
     for name, component in model.marginal_parameters.items():
         rows.append(PriorUsed(term=name, kind="auxiliary", **prior_dict(component.prior)))
     return rows
 
 
+def _free_size(rv: Any) -> int:
+    """How many scalars the sampler moves for ``rv``: a k x k LKJ Cholesky factor of a
+    correlation matrix has k (k - 1) / 2 (see ``correlated``)."""
+    shape = [int(n) for n in rv.shape.eval()]
+    if isinstance(rv.owner.op, LKJCorrRV):
+        k = shape[-1]
+        return int(np.prod(shape[:-2])) * k * (k - 1) // 2
+    return int(np.prod(shape))
+
+
 def describe(model: bmb.Model, n_dropped: int = 0) -> ModelDescription:
     """The dry run's answer: terms, grouping factors with level counts, parameters, priors."""
     model.build()
-    free = model.backend.model.free_RVs
-    n_parameters = sum(int(np.prod(rv.shape.eval())) for rv in free)
+    n_parameters = sum(_free_size(rv) for rv in model.backend.model.free_RVs)
     groups = [
         GroupInfo(factor=factor, levels=len(terms[0].groups), terms=[t.name for t in terms])
         for factor, terms in group_terms(model).items()

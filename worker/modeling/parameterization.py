@@ -23,12 +23,18 @@ seed study's intercept then reaches a bulk ESS of several thousand.
 - non-centred otherwise (other families, one row per level, weakly identified groups, or
   slopes on factors with few rows per level, as in the radon model with county slopes).
 
+Correlated group terms (``correlated``) follow the same choice: non-centred,
+``b_j = diag(s) L z_j``, or centred, level means ``m_j ~ MvNormal(c, Sigma)`` with
+``b_j = m_j - c``, where ``c`` holds the common terms the block's terms deviate from
+(``Intercept``, ``x`` for ``(1 + x | g)``) when the block holds the intercept chosen here,
+else 0. Each term of the block is judged on its own, as an independent term would be.
+
 The benchmark in ``bench/`` and its table in the README show the effect case by case.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import bambi as bmb
@@ -37,6 +43,8 @@ import pytensor.tensor as pt
 from pymc.model.fgraph import ModelFreeRV, model_deterministic, model_free_rv
 from pytensor.graph.fg import FunctionGraph
 from pytensor.tensor.random.basic import NormalRV
+
+from worker.modeling.building import CorrelatedModel
 
 #: Identification ratio from which a grouping factor is sampled centred.
 CENTRED_FROM = 1.0
@@ -125,6 +133,10 @@ def apply(model: bmb.Model, requested: str) -> Choice:
     """Choose the parameterization of a Bambi model that is not built yet, and set it."""
     choice = choose(model, requested)
     model.noncentered = choice.parameterization == "noncentered"
+    if isinstance(model, CorrelatedModel):  # the block holding that intercept centres on it
+        model.wanted_correlations = replace(
+            model.wanted_correlations, centre_on=choice.centre_on_intercept
+        )
     return choice
 
 

@@ -2,8 +2,9 @@
 
 Parameters are classified from the Bambi model: ``fixed`` (common terms of every
 distributional parameter), ``group_sd`` (the SD hyperparameter of a group-level term),
-``auxiliary`` (family parameters such as a gaussian's ``sigma``). Bambi 0.21 models
-group-level terms as independent, so there are no ``group_corr`` parameters to report.
+``group_corr`` (the correlation of two terms of one parenthesised group term, as
+``1|g:x|g_corr``, see ``correlated``), ``auxiliary`` (family parameters such as a gaussian's
+``sigma``).
 Per-level group effects are served by the groups resource, not the summary.
 """
 
@@ -35,6 +36,8 @@ from service.core.schemas import (
     Verdict,
 )
 from worker.modeling import mcmc_stats
+from worker.modeling.building import correlations_of
+from worker.modeling.correlated import correlation_name
 from worker.modeling.shrinkage import TermShrinkage, shrinkage
 
 SAMPLE_DIMS = ("chain", "draw")
@@ -52,7 +55,7 @@ EBFMI_GOOD = 0.3
 class ParameterRole:
     """What a posterior variable is in the model."""
 
-    kind: str  # fixed | group_sd | auxiliary
+    kind: str  # fixed | group_sd | group_corr | auxiliary
     term: str
 
 
@@ -73,6 +76,9 @@ def parameter_roles(model: bmb.Model) -> dict[str, ParameterRole]:
                 if isinstance(value, bmb.Prior):
                     kind = "group_sd" if arg == "sigma" else "auxiliary"
                     roles[f"{name}_{arg}"] = ParameterRole(kind, name)
+    for block in correlations_of(model).blocks:
+        for _, _, name in block.pairs():
+            roles[name] = ParameterRole("group_corr", block.name)
     for name in model.marginal_parameters:
         roles[name] = ParameterRole("auxiliary", name)
     return roles
@@ -179,13 +185,39 @@ def group_effects(
         for term in terms:
             own = shrunk.get(get_aliased_name(term))
             _add_term_levels(term, posterior, kind, prob, levels, own)
+        names = [get_aliased_name(term) for term in terms]
+        sd, corr = var_corr(names, posterior, kind, prob)
         result[factor] = GroupEffects(
             fit_id=fit_id,
             factor=factor,
             interval=Interval(kind=kind, prob=prob),
             levels=list(levels.values()),
+            terms=names,
+            sd=sd,
+            corr=corr,
         )
     return result
+
+
+def var_corr(
+    names: list[str], posterior: xr.Dataset, kind: IntervalKind, prob: float
+) -> tuple[list[Estimate | None], list[list[Estimate | None]]]:
+    """lme4's ``VarCorr`` of one factor's terms: each SD, and the correlation matrix with
+    None where the model does not estimate one (1 on the diagonal)."""
+    wanted = {f"{name}_sigma" for name in names}
+    wanted |= {correlation_name(a, b) for a in names for b in names if a != b}
+    scalars = [n for n in sorted(wanted) if n in posterior and posterior[n].ndim == 2]
+    found = _rows(posterior[scalars], kind, prob, ESTIMATE) if scalars else []
+    rows = {row["name"]: _estimate(row) for row in found}
+    one = Estimate(mean=1.0, sd=0.0, lower=1.0, upper=1.0)
+    corr = [
+        [
+            one if a == b else rows.get(correlation_name(a, b)) or rows.get(correlation_name(b, a))
+            for b in names
+        ]
+        for a in names
+    ]
+    return [rows.get(f"{name}_sigma") for name in names], corr
 
 
 def _fixed_counterpart(term: Any, posterior: xr.Dataset) -> xr.DataArray | None:

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
+from formulae.expr import Binary, Grouping
+from formulae.parser import Parser
+from formulae.resolver import Resolver
+from formulae.scanner import Scanner
+
 from service.api.validation.data import check_values, to_columns
 from service.api.validation.design import check_design
-from service.api.validation.formulas import check_formulas
+from service.api.validation.formulas import CheckedFormula, check_formulas
 from service.api.validation.priors import check_priors
 from service.api.validation.sampler import resolve_sampler
 from service.api.validation.text import check_data_text, check_request_text
@@ -22,7 +27,7 @@ from service.api.validation.transforms import check_transforms
 from service.core.errors import InvalidRequest
 from service.core.families import Family, check_link, check_response, check_trials, family
 from service.core.formula import FormulaInfo, check_names
-from service.core.schemas import FitRequest, FitSpec, Scalar
+from service.core.schemas import FitRequest, FitSpec, PriorSpec, Scalar
 from service.core.settings import Settings
 
 
@@ -53,7 +58,10 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
         check_transforms([n for n in nodes if n is not None], kept, field=formula.field, rows=rows)
     auxiliary = [a for a in fam.auxiliary if a not in request.distributional]
     terms = [name for formula in formulas for name in formula.term_names]
-    check_priors(request.priors, terms=terms, auxiliary=auxiliary)
+    lkj = _correlation_prior_keys(formulas) if request.group_correlations == "estimate" else set()
+    _check_correlation_priors(request.priors, lkj)
+    others = {name: prior for name, prior in request.priors.items() if name not in lkj}
+    check_priors(others, terms=terms, auxiliary=auxiliary)
     spec = FitSpec(
         formula=request.formula,
         family=fam.name,
@@ -66,8 +74,53 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
         dropped_rows=sorted(set(range(len(next(iter(columns.values()))))) - set(rows)),
         sampler=resolve_sampler(request, settings),
         name=request.name,
+        group_correlations=request.group_correlations,
     )
     return spec, info
+
+
+def _correlation_prior_keys(formulas: Sequence[CheckedFormula]) -> set[str]:
+    """The prior key of every correlated block, ``1|g:x|g_corr`` for ``(1 + x | g)``: the
+    terms of one parenthesised group term on one factor, when there are two or more (as
+    ``worker.modeling.correlated.blocks_of`` reads them; the API imports no worker code)."""
+    keys: set[str] = set()
+    for formula in formulas:
+        tree = Parser(Scanner(formula.text).scan(add_intercept=False)).parse()
+        for node in _group_terms(tree.right if isinstance(tree, Binary) else tree):
+            resolved = Resolver(node).resolve()
+            by_factor: dict[str, list[str]] = {}
+            for term in getattr(resolved, "terms", [resolved]):
+                name = str(term.name)
+                by_factor.setdefault(name.split("|", 1)[1], []).append(formula.prefix + name)
+            keys |= {":".join(names) + "_corr" for names in by_factor.values() if len(names) > 1}
+    return keys
+
+
+def _group_terms(node: object) -> list[object]:
+    if isinstance(node, Grouping):
+        inner = node.expression
+        if isinstance(inner, Binary) and inner.operator.kind == "PIPE":
+            return [node]
+        return _group_terms(inner)
+    if isinstance(node, Binary):
+        return _group_terms(node.left) + _group_terms(node.right)
+    return []
+
+
+def _check_correlation_priors(priors: Mapping[str, PriorSpec], keys: Collection[str]) -> None:
+    """A correlated block's prior is ``{"dist": "LKJCorr", "params": {"eta": > 0}}``."""
+    for name in keys:
+        prior = priors.get(name)
+        if prior is None:
+            continue
+        eta = prior.params.get("eta")
+        if prior.dist != "LKJCorr" or set(prior.params) != {"eta"} or isinstance(eta, PriorSpec):
+            raise InvalidRequest.one(
+                f"priors.{name}",
+                "a correlation takes an LKJ prior: {'dist': 'LKJCorr', 'params': {'eta': 1}}",
+            )
+        if not (eta is not None and eta > 0):
+            raise InvalidRequest.one(f"priors.{name}.eta", "must be greater than 0")
 
 
 def _complete_rows(columns: Mapping[str, Sequence[Scalar]], used: Collection[str]) -> list[int]:
