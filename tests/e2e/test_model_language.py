@@ -43,6 +43,13 @@ def test_varying_intercepts_and_slopes(client: httpx.Client) -> None:
         assert effects["x|g"]["coef"]["mean"] == pytest.approx(
             slope + effects["x|g"]["ranef"]["mean"]
         )
+    # (x | g) correlates its intercepts and slopes, as lme4 does: VarCorr of the factor
+    correlation = params["1|g:x|g_corr"]
+    assert correlation["kind"] == "group_corr" and -1 < correlation["mean"] < 1
+    assert groups["terms"] == ["1|g", "x|g"]
+    assert groups["sd"][1]["mean"] == pytest.approx(params["x|g_sigma"]["mean"])
+    assert groups["corr"][0][1]["mean"] == pytest.approx(correlation["mean"])
+    assert groups["corr"][0][0]["mean"] == 1
 
 
 def test_crossed_factors(client: httpx.Client) -> None:
@@ -123,9 +130,18 @@ def test_the_dry_run_describes_without_sampling(client: httpx.Client) -> None:
     model = response.json()
     assert model["n_obs"] == 240
     assert {g["factor"]: g["levels"] for g in model["groups"]} == {"g": 6, "h": 5}
-    # Intercept, x, sigma, three group SDs, 6 + 6 + 5 group offsets
-    assert model["n_parameters"] == 3 + 3 + 17
-    assert {p["term"] for p in model["priors"]} == {"Intercept", "x", "1|g", "x|g", "1|h", "sigma"}
+    # Intercept, x, sigma, three group SDs, 6 + 6 + 5 group offsets, the correlation of
+    # g's intercepts and slopes
+    assert model["n_parameters"] == 3 + 3 + 17 + 1
+    assert {p["term"] for p in model["priors"]} == {
+        "Intercept",
+        "x",
+        "1|g",
+        "x|g",
+        "1|h",
+        "sigma",
+        "1|g:x|g_corr",
+    }
     assert len(client.get("/v1/fits", params={"limit": 100}).json()) == before
 
 

@@ -202,3 +202,40 @@ def test_the_written_out_input_reader_samples_what_nutpies_own_reader_samples() 
     np.testing.assert_array_equal(
         draws(ours.with_data(**changed)), draws(theirs.with_data(**changed))
     )
+
+
+def test_a_group_sd_fixed_by_a_constant_prior_is_reused_with_its_model() -> None:
+    """nutpie holds the fixed SD as a shared variable of its own, computed when it compiled:
+    a later fit of the structure reuses the compiled model (it raised KeyError) with its
+    own fixed value (another value was reported as the first's)."""
+    from service.core.schemas import FitSpec, PriorSpec
+    from worker.modeling.building import build_model
+
+    def spec(value: float) -> FitSpec:
+        data = study(3)
+        fixed = PriorSpec(dist="Constant", params={"value": value})
+        return FitSpec(
+            formula=FORMULA,
+            family="gaussian",
+            link="identity",
+            columns={c: data[c].tolist() for c in data},
+            sampler=SAMPLER,
+            priors={"1|g": PriorSpec(dist="Normal", params={"mu": 0, "sigma": fixed})},
+        )
+
+    cache = CompiledModels(size=3)
+    first = sample(build_model(spec(1.0)), SAMPLER, lambda _: None, compiled_models=cache)
+    again = sample(build_model(spec(1.0)), SAMPLER, lambda _: None, compiled_models=cache)
+    other = sample(build_model(spec(2.0)), SAMPLER, lambda _: None, compiled_models=cache)
+    assert first.compiled_now and not again.compiled_now and not other.compiled_now
+    assert float(first.posterior["1|g_sigma"].mean()) == 1.0
+    assert float(other.posterior["1|g_sigma"].mean()) == 2.0
+    # the effects are offsets times the fixed SD: those of a fresh compile (a stale SD of 1
+    # would halve them)
+    fresh = sample(build_model(spec(2.0)), SAMPLER, lambda _: None)
+    np.testing.assert_allclose(
+        other.posterior["1|g"].mean(("chain", "draw")),
+        fresh.posterior["1|g"].mean(("chain", "draw")),
+        rtol=0.1,
+        atol=0.02,
+    )

@@ -130,6 +130,16 @@ def lift(model: bmb.Model, centre_on: str | None = None) -> LiftedModel:
     return LiftedModel(model_from_fgraph(graph, mutate_fgraph=True), key, inputs, likelihood)
 
 
+def derived(lifted: LiftedModel, name: str) -> np.ndarray:
+    """The value of one of nutpie's shared variables for ``lifted``: an input, or a
+    deterministic that depends on inputs alone (a group SD that a ``Constant`` prior fixes),
+    which nutpie computed once when it compiled. Left as compiled, a fit that fixed the SD
+    at 2 sampled with 2 and reported the 1 of the fit that compiled the model."""
+    if name in lifted.inputs:
+        return lifted.inputs[name]
+    return np.asarray(lifted.model[name].eval())
+
+
 class CompiledModels:
     """The ``size`` most recently used compiled models of one process, by structure key."""
 
@@ -156,9 +166,9 @@ class CompiledModels:
                 gc.unfreeze()  # the dropped model may sit in a frozen cycle (see tasks.run_fit)
             return compiled, True
         self._items.move_to_end(lifted.key)
-        for name, var in entry.shared.items():
+        used = {name: derived(lifted, name) for name in entry.shared}
+        for name, value in used.items():
             # The initial point (the priors' support points) is computed from these.
-            var.set_value(lifted.inputs[name])  # type: ignore[no-untyped-call]
-        used = {name: lifted.inputs[name] for name in entry.shared}
+            entry.shared[name].set_value(value)  # type: ignore[no-untyped-call]
         log.info("reusing the compiled model %s", lifted.key[:12])
         return entry.compiled.with_data(**used), False
