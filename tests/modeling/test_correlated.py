@@ -16,13 +16,13 @@ from scipy import stats
 
 from service.api.validation import validate_fit_request
 from service.core.errors import InvalidRequest
+from service.core.group_blocks import Block, blocks_of
 from service.core.schemas import FitRequest, FitSpec, PriorSpec, ResolvedSampler
 from service.core.settings import Settings
 from tests.support.reference import FOLDER, compare, load
 from worker.modeling import parameterization
 from worker.modeling.building import build_model, correlations_of, wanted_correlations
 from worker.modeling.compiled import CompiledModels, lift
-from worker.modeling.correlated import Block, blocks_of
 from worker.modeling.describe import describe
 from worker.modeling.new_levels import NewLevels
 from worker.modeling.sampling import sample

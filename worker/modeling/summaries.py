@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 from bambi.utils import get_aliased_name
 
+from service.core.group_blocks import correlation_name
 from service.core.schemas import (
     DEFAULT_PROB,
     Diagnostics,
@@ -37,7 +38,6 @@ from service.core.schemas import (
 )
 from worker.modeling import mcmc_stats
 from worker.modeling.building import correlations_of
-from worker.modeling.correlated import correlation_name
 from worker.modeling.shrinkage import TermShrinkage, shrinkage
 
 SAMPLE_DIMS = ("chain", "draw")

@@ -12,11 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
-from formulae.expr import Binary, Grouping
-from formulae.parser import Parser
-from formulae.resolver import Resolver
-from formulae.scanner import Scanner
-
 from service.api.validation.data import check_values, to_columns
 from service.api.validation.design import check_design
 from service.api.validation.formulas import CheckedFormula, check_formulas
@@ -27,6 +22,7 @@ from service.api.validation.transforms import check_transforms
 from service.core.errors import InvalidRequest
 from service.core.families import Family, check_link, check_response, check_trials, family
 from service.core.formula import FormulaInfo, check_names
+from service.core.group_blocks import blocks_of
 from service.core.schemas import FitRequest, FitSpec, PriorSpec, Scalar
 from service.core.settings import Settings
 
@@ -80,31 +76,8 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
 
 
 def _correlation_prior_keys(formulas: Sequence[CheckedFormula]) -> set[str]:
-    """The prior key of every correlated block, ``1|g:x|g_corr`` for ``(1 + x | g)``: the
-    terms of one parenthesised group term on one factor, when there are two or more (as
-    ``worker.modeling.correlated.blocks_of`` reads them; the API imports no worker code)."""
-    keys: set[str] = set()
-    for formula in formulas:
-        tree = Parser(Scanner(formula.text).scan(add_intercept=False)).parse()
-        for node in _group_terms(tree.right if isinstance(tree, Binary) else tree):
-            resolved = Resolver(node).resolve()
-            by_factor: dict[str, list[str]] = {}
-            for term in getattr(resolved, "terms", [resolved]):
-                name = str(term.name)
-                by_factor.setdefault(name.split("|", 1)[1], []).append(formula.prefix + name)
-            keys |= {":".join(names) + "_corr" for names in by_factor.values() if len(names) > 1}
-    return keys
-
-
-def _group_terms(node: object) -> list[object]:
-    if isinstance(node, Grouping):
-        inner = node.expression
-        if isinstance(inner, Binary) and inner.operator.kind == "PIPE":
-            return [node]
-        return _group_terms(inner)
-    if isinstance(node, Binary):
-        return _group_terms(node.left) + _group_terms(node.right)
-    return []
+    """The prior key of every correlated block, ``1|g:x|g_corr`` for ``(1 + x | g)``."""
+    return {b.prior_key for f in formulas for b in blocks_of(f.text, f.prefix)}
 
 
 def _check_correlation_priors(priors: Mapping[str, PriorSpec], keys: Collection[str]) -> None:
