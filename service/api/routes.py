@@ -24,6 +24,7 @@ from service.api.security import CallerDep
 from service.api.submissions import count_call, submit_fit
 from service.api.validation import (
     check_comparable,
+    check_comparison_cost,
     parse_csv,
     validate_fit_request,
     validate_prediction_data,
@@ -33,6 +34,7 @@ from service.core.artifacts import (
     FACTORS_FILE,
     GROUPS_FILE,
     LOO_FILE,
+    LOO_POINTWISE_FILE,
     PRIORS_FILE,
     SUMMARY_FILE,
 )
@@ -400,6 +402,13 @@ def _compare_call(caller: Caller, request: ComparisonRequest) -> CompareCall:
     records = {fit_id: caller.succeeded(fit_id) for fit_id in request.fit_ids}
     artifacts = caller.services.artifacts
     check_comparable({fit_id: artifacts.read_spec(fit_id) for fit_id in records})
+    check_comparison_cost(
+        {
+            fit_id: r.n_obs * r.sampler.draws * r.sampler.chains
+            for fit_id, r in records.items()
+            if not artifacts.path(fit_id, LOO_POINTWISE_FILE).exists()
+        }
+    )
     count_call(caller)
     refs = tuple(FitRef(fit_id=i, revision=r.created_at.isoformat()) for i, r in records.items())
     return CompareCall(fits=refs)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.api.validation import check_comparable
+from service.api.validation import check_comparable, check_comparison_cost
 from service.core.errors import InvalidRequest
 from service.core.schemas import FitSpec, ResolvedSampler
 
@@ -46,3 +46,12 @@ def test_other_responses_or_rows_are_refused_with_the_reason(other: FitSpec, rea
     (error,) = refused.value.errors
     assert error.field == "fit_ids"
     assert reason in error.message and "second" in error.message
+
+
+def test_a_comparison_computes_at_most_one_large_fits_loo_in_its_call() -> None:
+    """Fits whose LOO is stored cost nothing; the rest must fit in one worker call."""
+    check_comparison_cost({"a": 100_000 * 4000})
+    with pytest.raises(InvalidRequest) as refused:
+        check_comparison_cost({"a": 100_000 * 4000, "b": 50_000 * 4000})
+    (error,) = refused.value.errors
+    assert error.field == "fit_ids" and "a, b" in error.message and "/loo" in error.message

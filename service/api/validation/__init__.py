@@ -20,7 +20,7 @@ Modules, one job each:
 - ``comparisons``: fits compared by LOO are of the same response and rows.
 """
 
-from service.api.validation.comparisons import check_comparable
+from service.api.validation.comparisons import check_comparable, check_comparison_cost
 from service.api.validation.csvdata import parse_csv
 from service.api.validation.fits import validate_fit_request
 from service.api.validation.predictions import validate_prediction_data
@@ -28,6 +28,7 @@ from service.api.validation.priors import check_priors
 
 __all__ = [
     "check_comparable",
+    "check_comparison_cost",
     "check_priors",
     "parse_csv",
     "validate_fit_request",
