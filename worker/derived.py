@@ -55,19 +55,18 @@ def pointwise(artifacts: Artifacts, fit_id: str, fitted: FittedModel) -> Pointwi
 
 def compare(fits: dict[str, tuple[FittedModel, PointwiseLoo]]) -> Comparison:
     """ArviZ's ``compare`` (stacking weights) of fits of the same rows, with a verdict."""
-    table = arviz_compare(  # type: ignore[no-untyped-call]
-        {fit_id: values.elpd_data() for fit_id, (_, values) in fits.items()}, round_to="none"
-    )
+    elpd = {fit_id: values.elpd_data() for fit_id, (_, values) in fits.items()}
+    table = arviz_compare(elpd, round_to="none")  # type: ignore[no-untyped-call]
     models = []
-    for rank, (fit_id, row) in enumerate(table.iterrows()):
+    for fit_id, row in table.iterrows():
         fitted, values = fits[str(fit_id)]
-        data = values.elpd_data()
+        data = elpd[str(fit_id)]
         models.append(
             ComparedModel(
                 fit_id=str(fit_id),
                 name=fitted.spec.name,
                 formula=fitted.spec.formula,
-                rank=rank,
+                rank=int(row["rank"]),
                 elpd_loo=float(row["elpd"]),
                 se=float(row["se"]),
                 p_loo=float(row["p"]),

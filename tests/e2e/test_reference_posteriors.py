@@ -60,11 +60,17 @@ def problem(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 "sigma": half_normal(1),
             },
         }
-    elif name == "radon_mn_variable_intercept_slope":
+    elif name in ("radon_mn_variable_intercept_slope", "radon_mn_correlated"):
+        # the same data and priors; brms' reference (tests/reference/brms_references.R)
+        # correlates the intercepts and slopes, with an LKJ(1) prior on the correlation
+        correlated = name == "radon_mn_correlated"
+        groups = "(1 + floor_measure | county)" if correlated else (
+            "(1|county) + (0 + floor_measure|county)"
+        )  # fmt: skip
         request = {
             "data": {k: data[k] for k in ("log_radon", "floor_measure")}
             | {"county": strings(data["county_idx"])},
-            "formula": "log_radon ~ 1 + floor_measure + (1|county) + (0 + floor_measure|county)",
+            "formula": f"log_radon ~ 1 + floor_measure + {groups}",
             "priors": {
                 "Intercept": normal(0, 10),
                 "floor_measure": normal(0, 10),
@@ -73,20 +79,9 @@ def problem(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
                 "sigma": half_normal(1),
             },
         }
-    elif name == "radon_mn_correlated":  # brms, tests/reference/brms_references.R
-        request = {
-            "data": {k: data[k] for k in ("log_radon", "floor_measure")}
-            | {"county": strings(data["county_idx"])},
-            "formula": "log_radon ~ 1 + floor_measure + (1 + floor_measure | county)",
-            "priors": {
-                "Intercept": normal(0, 10),
-                "floor_measure": normal(0, 10),
-                "1|county": normal(0, half_normal(1)),
-                "floor_measure|county": normal(0, half_normal(1)),
-                "sigma": half_normal(1),
-                "1|county:floor_measure|county_corr": {"dist": "LKJCorr", "params": {"eta": 1}},
-            },
-        }
+        if correlated:
+            lkj = {"dist": "LKJCorr", "params": {"eta": 1}}
+            request["priors"]["1|county:floor_measure|county_corr"] = lkj
     else:  # synthetic_irt_1pl: crossed logistic, group SDs fixed at 1
         fixed_one = {"dist": "Constant", "params": {"value": 1}}
         request = {
