@@ -142,6 +142,26 @@ class Artifacts:
         except OSError as exc:
             raise storage_error(exc, f"the fit's file {name} could not be read") from exc
 
+    def open_stream(
+        self, fit_id: str, name: str, chunk_bytes: int = 1 << 20
+    ) -> tuple[int, Iterator[bytes]]:
+        """A file's size and its bytes in chunks, for serving without holding it in memory
+        (FileNotFoundError at once if absent; the file is open until the chunks end)."""
+        try:
+            handle = self.path(fit_id, name).open("rb")
+            size = os.fstat(handle.fileno()).st_size
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise storage_error(exc, f"the fit's file {name} could not be read") from exc
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(chunk_bytes):
+                    yield chunk
+
+        return size, chunks()
+
     def read_json(self, fit_id: str, name: str) -> Any:
         """Read a JSON file of a fit (FileNotFoundError if absent, DamagedResults if it
         does not parse)."""

@@ -11,6 +11,12 @@ reply envelope, encoded and decoded by the code here on both sides.
     LooCall         hbm.loo        Loo (computed once, then stored beside the results)
     PpcCall         hbm.ppc        Ppc: a posterior predictive check
     CompareCall     hbm.compare    Comparison of fits by their LOO
+    FileCall        (its own)      FileWritten: the worker wrote a file beside the fit's
+                                   results (a plot, a draws export) under ``file_name()``
+
+A ``FileCall``'s file is named by a digest of the call, so both sides know it before it
+exists: the API serves it from storage when it is there, and asks a worker to write it
+only when it is not (see ``service.api.files``).
 
 A call travels as its JSON (Celery's JSON serializer) and is validated again by the
 worker. The worker answers by pushing one reply to ``JobStore.reply_key(token)``: either
@@ -22,6 +28,7 @@ results, 503 for anything else).
 
 from __future__ import annotations
 
+import hashlib
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -125,6 +132,30 @@ class CompareCall(Call):
 
     task: ClassVar[str] = "hbm.compare"
     fits: tuple[FitRef, ...] = Field(min_length=2)
+
+
+class FileCall(FittedCall):
+    """A call answered by a file the worker writes beside the fit's results."""
+
+    #: The file name's prefix (``plot``, ``draws``).
+    prefix: ClassVar[str]
+
+    def extension(self) -> str:
+        """The file's extension (its format)."""
+        raise NotImplementedError
+
+    def file_name(self) -> str:
+        """The file's name: the same call always names the same file."""
+        fields = self.model_dump_json(exclude={"fit_id", "revision"}).encode()
+        digest = hashlib.sha256(fields).hexdigest()[:20]
+        return f"{self.prefix}-{digest}.{self.extension()}"
+
+
+class FileWritten(BaseModel):
+    """A FileCall's answer: the file now stored, and its size."""
+
+    name: str
+    size: int = Field(ge=0)
 
 
 CALLS: tuple[type[Call], ...] = (
