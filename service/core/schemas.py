@@ -21,6 +21,7 @@ IntervalKind = Literal["hdi", "eti"]
 Parameterization = Literal["auto", "noncentered", "centered"]
 Adaptation = Literal["diag", "low_rank"]
 GroupCorrelations = Literal["estimate", "independent"]
+PriorDefaults = Literal["bambi", "rstanarm"]
 DEFAULT_PROB = 0.94
 
 
@@ -136,6 +137,17 @@ class ModelRequest(Strict):
         "intercepts and slopes correlate. independent: Bambi's model, each term on its own. "
         "Separate terms '(1 | g) + (0 + x | g)' are independent either way.",
     )
+    prior_defaults: PriorDefaults = Field(
+        default="bambi",
+        description="Where the priors a request does not set come from. bambi: Bambi's "
+        "weakly informative defaults. rstanarm: stan_glmer's defaults, for the same "
+        "posterior as rstanarm on the same data: coefficients normal(0, 2.5 sd(y) / sd(x)) "
+        "(sd(y) for gaussian only), the intercept of centred predictors normal(mean(y), "
+        "2.5 sd(y)) (gaussian) or normal(0, 2.5), sigma exponential(1 / sd(y)), other "
+        "families' dispersion exponential(1), and group SDs by decov(1, 1, 1, 1) (scaled "
+        "by sigma for gaussian). Families: gaussian, bernoulli, binomial, poisson, "
+        "negativebinomial, gamma; no distributional formulas.",
+    )
 
 
 class FitRequest(ModelRequest):
@@ -166,6 +178,7 @@ class FitSpec(BaseModel):
         description="As requested; a spec stored before the option existed was fitted "
         "independent, hence this default.",
     )
+    prior_defaults: PriorDefaults = "bambi"
 
 
 class FitStatus(StrEnum):
@@ -537,6 +550,16 @@ class InfluentialRow(BaseModel):
     k: float = Field(description="Pareto k of the row's importance ratios.")
 
 
+class LooPit(BaseModel):
+    """How uniform the LOO-PIT values are: calibrated predictive distributions give
+    uniform ones (Gabry et al. 2019)."""
+
+    ks_distance: float = Field(description="Kolmogorov-Smirnov distance from uniform.")
+    threshold: float = Field(description="Its 5% critical value, 1.358 / sqrt(n).")
+    calibrated: bool = Field(description="ks_distance <= threshold.")
+    verdict: str
+
+
 class Loo(BaseModel):
     """PSIS leave-one-out cross-validation of a fit (as ArviZ's and R's ``loo``)."""
 
@@ -554,6 +577,11 @@ class Loo(BaseModel):
         description="Rows with k > 0.7, highest k first (at most 1,000)."
     )
     warning: str | None = Field(description="Why the estimate may be unreliable, if it may.")
+    loo_pit: LooPit | None = Field(
+        default=None,
+        description="Uniformity of the LOO-PIT values; null for the ordinal family (and LOO "
+        "computed before this existed).",
+    )
 
 
 class ComparisonRequest(Strict):

@@ -1,6 +1,8 @@
 """PSIS-LOO of a fit: each family's log likelihood is Bambi's, the totals are ArviZ's
 ``loo`` on the same draws, chunking changes no number, rows are named as the client sent
-them, and comparisons are ArviZ's ``compare`` with a verdict in words."""
+them, and comparisons are ArviZ's ``compare`` with a verdict in words. The LOO-PIT is the
+PSIS-weighted predictive CDF (each family's CDF is scipy's), uniform for a right model and
+far from it for a wrong one."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from scipy import stats
 
 from service.core.schemas import FitSpec, ResolvedSampler
 from tests.conftest import SEED_CSV
@@ -20,8 +23,14 @@ from worker.derived import compare
 from worker.modeling import loo as loo_module
 from worker.modeling.building import build_model, frame
 from worker.modeling.cache import FittedModel
-from worker.modeling.log_density import DENSITIES, _through_bambi, log_likelihood
-from worker.modeling.loo import PointwiseLoo, loo_result, pointwise_loo
+from worker.modeling.log_density import (
+    CDFS,
+    DENSITIES,
+    _observed,
+    _through_bambi,
+    log_likelihood,
+)
+from worker.modeling.loo import PointwiseLoo, loo_pit_uniformity, loo_result, pointwise_loo
 from worker.modeling.prediction import fitted_parameters
 from worker.modeling.sampling import sample
 
@@ -64,6 +73,78 @@ def test_each_familys_log_likelihood_is_bambis(family: str) -> None:
     bambis = _through_bambi(model, extended, data)
     assert ours.shape == bambis.shape == (1, 60, len(data))
     np.testing.assert_allclose(ours, bambis, rtol=1e-9, atol=1e-9)
+
+
+def scipy_cdf(family: str, p: dict[str, np.ndarray]) -> stats.rv_continuous | stats.rv_discrete:
+    """Each family's distribution in scipy, in PyMC's parameterisation."""
+    if family == "gaussian":
+        return stats.norm(p["mu"], p["sigma"])
+    if family == "t":
+        return stats.t(p["nu"], p["mu"], p["sigma"])
+    if family == "bernoulli":
+        return stats.bernoulli(p["p"])
+    if family == "binomial":
+        return stats.binom(p["n"], p["p"])
+    if family == "poisson":
+        return stats.poisson(p["mu"])
+    if family == "negativebinomial":
+        return stats.nbinom(p["alpha"], p["alpha"] / (p["mu"] + p["alpha"]))
+    if family == "gamma":
+        return stats.gamma(p["alpha"], scale=p["mu"] / p["alpha"])
+    return stats.beta(p["mu"] * p["kappa"], (1 - p["mu"]) * p["kappa"])
+
+
+@pytest.mark.parametrize("family", sorted(CDFS))
+def test_each_familys_predictive_cdf_is_scipys(family: str) -> None:
+    spec = spec_of(formula_for(family), grouped(family), family)
+    model = build_model(spec)
+    model.build()
+    prior = model.prior_predictive(draws=30, random_seed=2).prior.to_dataset()
+    posterior = prior[[v for v in prior.data_vars if "__obs__" not in prior[v].dims]]
+    data = frame(spec.columns, spec)
+    y, params = _observed(model, fitted_parameters(model, posterior, data), data, family)
+    below, at_most = CDFS[family](y, params)
+    dist = scipy_cdf(family, params)
+    np.testing.assert_allclose(at_most, dist.cdf(y), rtol=1e-7, atol=1e-10)
+    discrete = family in ("bernoulli", "binomial", "poisson", "negativebinomial")
+    np.testing.assert_allclose(below, dist.cdf(y - 1) if discrete else dist.cdf(y), atol=1e-10)
+
+
+def test_the_loo_pit_is_the_psis_weighted_predictive_cdf() -> None:
+    fit = seed_fit("score ~ (1 | school)")
+    data = frame(fit.spec.columns, fit.spec)
+    values = pointwise_loo(fit.model, fit.posterior, data, "gaussian")
+    extended = fitted_parameters(fit.model, fit.posterior, data)
+    log_lik = xr.DataArray(
+        log_likelihood(fit.model, extended, data, "gaussian"), dims=("chain", "draw", "obs")
+    )
+    r_eff = loo_module.relative_efficiency(fit.posterior)
+    log_weights, _ = log_lik.azstats.psislw(r_eff=r_eff, dim=["chain", "draw"])
+    weights = np.exp(log_weights - log_weights.max(dim=["chain", "draw"]))
+    weights = weights / weights.sum(dim=["chain", "draw"])
+    y, params = _observed(fit.model, extended, data, "gaussian")
+    cdf = stats.norm(params["mu"], params["sigma"]).cdf(y)
+    expected = (weights.transpose("chain", "draw", "obs").values * cdf).sum(axis=(0, 1))
+    assert values.pit is not None
+    np.testing.assert_allclose(values.pit, expected, atol=1e-9)
+    # the right model for these data: uniform within the noise of 484 values
+    uniformity = loo_pit_uniformity(values.pit)
+    assert uniformity.calibrated, uniformity
+    assert uniformity.threshold == pytest.approx(1.358 / np.sqrt(484))
+
+
+def test_a_gaussian_fit_to_skewed_data_has_uncalibrated_loo_pit() -> None:
+    rng = np.random.default_rng(11)
+    y = np.exp(rng.normal(0.0, 1.0, size=300))  # log-normal: long right tail
+    spec = spec_of("y ~ 1", {"y": y.tolist()})
+    model = build_model(spec)
+    result = sample(model, SAMPLER, lambda _: None)
+    values = pointwise_loo(model, result.posterior, frame(spec.columns, spec), "gaussian")
+    assert values.pit is not None
+    uniformity = loo_pit_uniformity(values.pit)
+    assert not uniformity.calibrated, uniformity
+    assert uniformity.ks_distance > 2 * uniformity.threshold
+    assert "not calibrated" in uniformity.verdict
 
 
 def test_the_totals_are_arviz_loo_on_the_same_draws() -> None:
@@ -118,6 +199,9 @@ def test_pointwise_values_survive_storage() -> None:
     back = PointwiseLoo.from_bytes(values.to_bytes())
     assert back.n_samples == 800
     np.testing.assert_array_equal(back.pareto_k, values.pareto_k)
+    assert back.pit is None
+    with_pit = PointwiseLoo(values.elpd, values.p_loo, values.pareto_k, 800, np.array([0.2, 0.7]))
+    np.testing.assert_array_equal(PointwiseLoo.from_bytes(with_pit.to_bytes()).pit, [0.2, 0.7])
     with pytest.raises(ValueError):
         PointwiseLoo.from_bytes(np.arange(3.0).tobytes())
 

@@ -23,7 +23,12 @@ _LEVEL = re.compile(r"^(?P<neg>-\()?(?P<term>[^\[]+)\[(?P<level>[^\]]+)\]\)?$")
 
 
 #: Problems computed for this project on another problem's data.
-DATA_OF = {"radon_mn_correlated": "radon_mn_variable_intercept_slope"}
+DATA_OF = {
+    "radon_mn_correlated": "radon_mn_variable_intercept_slope",
+    "rstanarm_radon_gaussian": "radon_mn_variable_intercept_slope",
+    "rstanarm_radon_slopes": "radon_mn_variable_intercept_slope",
+    "rstanarm_cbpp_binomial": "cbpp",
+}
 
 
 def load(name: str) -> tuple[dict[str, list[Any]], dict[str, Any]]:

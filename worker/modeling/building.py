@@ -16,6 +16,7 @@ from service.core.errors import FitFailed
 from service.core.formula import check_formula
 from service.core.schemas import FitSpec, PriorSpec, Scalar
 from worker.modeling.correlated import Correlations, correlate, requested
+from worker.modeling.rstanarm_priors import DecovBlock, decov, decov_blocks, default_priors
 from worker.patches import in_a_clean_frame, one_byte_indicators
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,22 @@ class CorrelatedModel(bmb.Model):  # type: ignore[misc]  # bambi is untyped
 
     wanted_correlations = Correlations()
     correlations = Correlations()
+    #: rstanarm's decov prior on the group SDs (``prior_defaults: "rstanarm"``): the spec's
+    #: family and the terms whose prior the request sets; None for Bambi's defaults.
+    rstanarm: tuple[str, frozenset[str]] | None = None
+    decov: tuple[DecovBlock, ...] = ()
 
     def build(self) -> None:
         super().build()
         self.backend.model, self.correlations = correlate(
             self.backend.model, self.wanted_correlations
         )
+        if self.rstanarm is not None:
+            family, requested = self.rstanarm
+            correlated = [(b.name, tuple(b.terms)) for b in self.correlations.blocks]
+            blocks = decov_blocks(self, family, correlated, requested)
+            self.backend.model, done = decov(self.backend.model, blocks)
+            self.decov = tuple(done)
 
 
 def correlations_of(model: bmb.Model) -> Correlations:
@@ -124,6 +135,9 @@ def build_model(spec: FitSpec) -> bmb.Model:
             "model_error", "the model could not be built from this formula and data"
         ) from exc
     model.wanted_correlations = one_column_blocks(model, wanted)
+    if spec.prior_defaults == "rstanarm":
+        model.set_priors(priors=default_priors(model, spec.family, spec.priors))
+        model.rstanarm = (spec.family, frozenset(spec.priors))
     release_group_indicators(model)
     return model
 

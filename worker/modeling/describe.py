@@ -10,6 +10,7 @@ from pymc.distributions.multivariate import LKJCorrRV
 
 from service.core.schemas import GroupInfo, ModelDescription, PriorUsed
 from worker.modeling.building import correlations_of
+from worker.modeling.rstanarm_priors import decov_prior
 from worker.modeling.summaries import group_terms
 
 
@@ -31,11 +32,15 @@ def prior_dict(prior: bmb.Prior) -> dict[str, Any]:
 def priors_used(model: bmb.Model) -> list[PriorUsed]:
     """Every prior the model uses, defaults included (as brms' ``prior_summary``)."""
     rows: list[PriorUsed] = []
+    decov = {term: block for block in getattr(model, "decov", []) for term in block.terms}
     for component in model.conditional_parameters.values():
         for term in component.terms.values():
             if not isinstance(term.prior, bmb.Prior):
                 continue  # an offset: a fixed column, no parameter
             kind = "group" if "|" in term.name else "common"
+            if term.name in decov:  # rstanarm's decov replaced Bambi's SD prior
+                rows.append(PriorUsed(term=term.name, kind=kind, **decov_prior(decov[term.name])))
+                continue
             rows.append(PriorUsed(term=term.name, kind=kind, **prior_dict(term.prior)))
     wanted = correlations_of(model)
     for block in wanted.blocks:  # the LKJ prior of each correlated block (see correlated)

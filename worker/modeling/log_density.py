@@ -1,4 +1,4 @@
-"""Each row's log likelihood under each posterior draw, in numpy.
+"""Each row's log likelihood, and its predictive CDF, under each posterior draw, in numpy.
 
 Bambi's ``family.log_likelihood`` builds and compiles a PyTensor graph (``pm.logp``) for
 every call: on chunks of rows that compilation took more time than the arithmetic. The
@@ -16,6 +16,11 @@ here for arrays of (chain, draw, row) parameters; a test checks each against Bam
     gamma             a log b - log Gamma(a) + (a - 1) log y - b y  (a = alpha, b = alpha/mu)
     beta              (a - 1) log y + (b - 1) log(1 - y) - log B(a, b)
                                                         (a = mu kappa, b = (1 - mu) kappa)
+
+The CDFs (``cdf_bounds``) give the LOO-PIT its values without drawing replicated data:
+``P(y_rep < y)`` and ``P(y_rep <= y)`` per draw (equal for continuous families), from
+scipy's regularized functions (``ndtr``, ``stdtr``, ``bdtr``, ``pdtr``, ``betainc``,
+``gammainc``).
 """
 
 from __future__ import annotations
@@ -105,14 +110,43 @@ DENSITIES: dict[str, Callable[[np.ndarray, Params], np.ndarray]] = {
 }
 
 
-def log_likelihood(
+Bounds = tuple[np.ndarray, np.ndarray]
+
+
+def _below(y: np.ndarray, cdf: Callable[[np.ndarray], np.ndarray]) -> Bounds:
+    """``(F(y - 1), F(y))`` of a distribution on the integers (F(-1) = 0)."""
+    upper = cdf(y)
+    lower = np.where(y >= 1, cdf(np.maximum(y - 1, 0)), 0.0)
+    return np.asarray(lower), np.asarray(upper)
+
+
+def _continuous(values: np.ndarray) -> Bounds:
+    return values, values
+
+
+CDFS: dict[str, Callable[[np.ndarray, Params], Bounds]] = {
+    "gaussian": lambda y, p: _continuous(special.ndtr((y - p["mu"]) / p["sigma"])),
+    "t": lambda y, p: _continuous(special.stdtr(p["nu"], (y - p["mu"]) / p["sigma"])),
+    "bernoulli": lambda y, p: (
+        np.where(y >= 1, 1 - p["p"], 0.0),
+        np.where(y >= 1, 1.0, 1 - p["p"]),
+    ),
+    "binomial": lambda y, p: _below(y, lambda k: special.bdtr(k, p["n"], p["p"])),
+    "poisson": lambda y, p: _below(y, lambda k: special.pdtr(k, p["mu"])),
+    "negativebinomial": lambda y, p: _below(
+        y, lambda k: special.betainc(p["alpha"], k + 1, p["alpha"] / (p["mu"] + p["alpha"]))
+    ),
+    "gamma": lambda y, p: _continuous(special.gammainc(p["alpha"], p["alpha"] / p["mu"] * y)),
+    "beta": lambda y, p: _continuous(
+        special.betainc(p["mu"] * p["kappa"], (1 - p["mu"]) * p["kappa"], y)
+    ),
+}
+
+
+def _observed(
     model: bmb.Model, extended: xr.Dataset, data: pd.DataFrame, family: str
-) -> np.ndarray:
-    """Draws (chain, draw, row) of each row's log likelihood, from ``extended``: the
-    posterior with the distribution parameters on ``data``'s rows (``fitted_parameters``)."""
-    density = DENSITIES.get(family)
-    if density is None:
-        return _through_bambi(model, extended, data)
+) -> tuple[np.ndarray, Params]:
+    """The rows' responses and their distribution parameters (chain, draw, row)."""
     observed = np.asarray(response_evaluate_new_data(model, data), dtype=float)
     params: Params = {}
     for name in model.family.likelihood.params:
@@ -123,8 +157,33 @@ def log_likelihood(
     if family == "binomial":
         params["n"] = observed[:, 1]
         observed = observed[:, 0]
+    return observed.reshape(-1), params
+
+
+def log_likelihood(
+    model: bmb.Model, extended: xr.Dataset, data: pd.DataFrame, family: str
+) -> np.ndarray:
+    """Draws (chain, draw, row) of each row's log likelihood, from ``extended``: the
+    posterior with the distribution parameters on ``data``'s rows (``fitted_parameters``)."""
+    density = DENSITIES.get(family)
+    if density is None:
+        return _through_bambi(model, extended, data)
+    observed, params = _observed(model, extended, data, family)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return density(observed.reshape(-1), params)
+        return density(observed, params)
+
+
+def likelihood_and_cdf(
+    model: bmb.Model, extended: xr.Dataset, data: pd.DataFrame, family: str
+) -> tuple[np.ndarray, Bounds | None]:
+    """Each row's log likelihood (chain, draw, row) and, where the family has a CDF here,
+    ``(P(y_rep < y), P(y_rep <= y))`` per draw; None for the others (``cumulative``)."""
+    cdf = CDFS.get(family)
+    if cdf is None or family not in DENSITIES:
+        return log_likelihood(model, extended, data, family), None
+    observed, params = _observed(model, extended, data, family)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return DENSITIES[family](observed, params), cdf(observed, params)
 
 
 def _through_bambi(model: bmb.Model, extended: xr.Dataset, data: pd.DataFrame) -> np.ndarray:

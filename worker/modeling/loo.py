@@ -20,6 +20,15 @@ ArviZ's ``loo`` on the whole (chain, draw, row) array. The log likelihood is eva
 after sampling from the stored draws (the sufficient-statistics likelihood a gaussian model
 samples with has no per-row term), by ``log_density``; the relative
 efficiency ``r_eff`` is ArviZ's: the mean ESS of the posterior's variables over S.
+
+The LOO-PIT of row i is ``P(y_rep_i <= y_i | y_-i)`` under the same weights: uniform on
+[0, 1] across rows when the model's predictive distributions are calibrated (Gabry et al.
+2019). It is taken from each draw's predictive CDF (``log_density.cdf_bounds``) rather
+than from replicated draws: ``sum_s w_is F_s(y_i)``, and for discrete responses
+``L_i + u_i (U_i - L_i)`` with ``L = P(y_rep < y)``, ``U = P(y_rep <= y)`` and ``u_i``
+uniform with a fixed seed (ArviZ's randomised tie-breaking). Its distance from uniform is
+the Kolmogorov-Smirnov statistic ``D = sup |ECDF(pit) - u|``, beside the 5% critical value
+``1.358 / sqrt(n)`` of independent values (LOO-PIT values are nearly independent).
 """
 
 from __future__ import annotations
@@ -35,8 +44,8 @@ import pandas as pd
 import xarray as xr
 from arviz_stats.utils import ELPDDataLOO
 
-from service.core.schemas import InfluentialRow, Loo, ParetoKCounts
-from worker.modeling.log_density import log_likelihood
+from service.core.schemas import InfluentialRow, Loo, LooPit, ParetoKCounts
+from worker.modeling.log_density import likelihood_and_cdf
 from worker.modeling.prediction import OBS, chunks, fitted_parameters, rows_per_chunk
 from worker.modeling.psis import loo_rows
 
@@ -48,6 +57,10 @@ MAX_LISTED = 1000
 CHUNK_SCALE = 4
 #: Chunks computed at once.
 THREADS = 2
+#: The seed of the LOO-PIT's tie-breaking uniforms (ArviZ's default).
+PIT_SEED = 214
+#: Kolmogorov's 5% critical value of sqrt(n) D.
+KS_CRITICAL_5 = 1.358
 
 
 @dataclass(frozen=True)
@@ -58,21 +71,27 @@ class PointwiseLoo:
     p_loo: np.ndarray
     pareto_k: np.ndarray
     n_samples: int
+    pit: np.ndarray | None = None  # the LOO-PIT values; None for families without a CDF
 
     def to_bytes(self) -> bytes:
-        """The values as one ``.npy`` array of shape (3, rows) with ``n_samples`` first."""
+        """The values as one ``.npy`` array of shape (4, rows) with ``n_samples`` first
+        (the LOO-PIT row NaN where there is none)."""
         buffer = io.BytesIO()
-        header = np.full((3, 1), float(self.n_samples))
-        np.save(buffer, np.hstack([header, np.stack([self.elpd, self.p_loo, self.pareto_k])]))
+        pit = self.pit if self.pit is not None else np.full(self.elpd.size, np.nan)
+        header = np.full((4, 1), float(self.n_samples))
+        values = np.stack([self.elpd, self.p_loo, self.pareto_k, pit])
+        np.save(buffer, np.hstack([header, values]))
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, payload: bytes) -> PointwiseLoo:
-        """Values written by ``to_bytes`` (ValueError if they are not)."""
+        """Values written by ``to_bytes``, or without the LOO-PIT row by earlier versions
+        (ValueError if they are not)."""
         array = np.load(io.BytesIO(payload), allow_pickle=False)
-        if array.ndim != 2 or array.shape[0] != 3 or array.shape[1] < 2:
+        if array.ndim != 2 or array.shape[0] not in (3, 4) or array.shape[1] < 2:
             raise ValueError("not a pointwise LOO array")
-        return cls(array[0, 1:], array[1, 1:], array[2, 1:], int(array[0, 0]))
+        pit = array[3, 1:] if array.shape[0] == 4 and not np.isnan(array[3, 1:]).any() else None
+        return cls(array[0, 1:], array[1, 1:], array[2, 1:], int(array[0, 0]), pit)
 
     def elpd_data(self) -> ELPDDataLOO:
         """ArviZ's container of these values (what ``arviz_stats.compare`` takes)."""
@@ -114,16 +133,53 @@ def pointwise_loo(
     def chunk_loo(bounds: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
         _, start, stop = bounds
         rows = data.iloc[start:stop].reset_index(drop=True)
-        ll = log_likelihood(model, fitted_parameters(model, posterior, rows), rows, family)
-        by_row = np.ascontiguousarray(ll.reshape(-1, ll.shape[2]).T)  # (row, chain-major draw)
+        extended = fitted_parameters(model, posterior, rows)
+        ll, cdf = likelihood_and_cdf(model, extended, rows, family)
+        shape = ll.shape
+        rows_ll = _by_row(ll, shape)
         del ll
-        return loo_rows(by_row, r_eff)
+        expected = () if cdf is None else tuple(_by_row(part, shape) for part in cdf)
+        return loo_rows(rows_ll, r_eff, expected)
 
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
         parts = list(pool.map(chunk_loo, chunks(len(data), size)))
-    elpd, pareto_k, p_loo = (np.concatenate(column) for column in zip(*parts, strict=True))
+    columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
+    elpd, pareto_k, p_loo = columns[:3]
+    pit = None
+    if len(columns) == 5:
+        lower, upper = columns[3:]
+        u = np.random.default_rng(PIT_SEED).uniform(size=lower.size)
+        pit = np.clip(lower + u * (upper - lower), 0.0, 1.0)
     n_samples = posterior.sizes["chain"] * posterior.sizes["draw"]
-    return PointwiseLoo(elpd, p_loo, pareto_k, n_samples)
+    return PointwiseLoo(elpd, p_loo, pareto_k, n_samples, pit)
+
+
+def _by_row(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(chain, draw, row) values, broadcast to ``shape``, as (row, chain-major draw)."""
+    return np.ascontiguousarray(np.broadcast_to(values, shape).reshape(-1, shape[2]).T)
+
+
+def loo_pit_uniformity(pit: np.ndarray) -> LooPit:
+    """How far the LOO-PIT values are from uniform: the KS distance and its 5% threshold."""
+    n = pit.size
+    ordered = np.sort(pit)
+    steps = np.arange(1, n + 1) / n
+    distance = float(max((steps - ordered).max(), (ordered - (steps - 1 / n)).max()))
+    threshold = KS_CRITICAL_5 / np.sqrt(n)
+    calibrated = distance <= threshold
+    return LooPit(
+        ks_distance=distance,
+        threshold=float(threshold),
+        calibrated=calibrated,
+        verdict=(
+            "the leave-one-out predictive distributions are calibrated: their PIT values "
+            "are as uniform as independent uniform values would be"
+            if calibrated
+            else "the leave-one-out predictive distributions are not calibrated: the PIT "
+            f"values are {distance:.3f} from uniform (KS), beyond {threshold:.3f}; look at "
+            "the check (/ppc) for where the model misses the data"
+        ),
+    )
 
 
 def loo_result(fit_id: str, pointwise: PointwiseLoo, dropped_rows: list[int]) -> Loo:
@@ -153,6 +209,7 @@ def loo_result(fit_id: str, pointwise: PointwiseLoo, dropped_rows: list[int]) ->
         pareto_k=counts,
         influential_rows=[InfluentialRow(row=int(sent[i]), k=float(k[i])) for i in listed],
         warning=_warning(counts, data.good_k, int((k > data.good_k).sum())),
+        loo_pit=None if pointwise.pit is None else loo_pit_uniformity(pointwise.pit),
     )
 
 

@@ -37,8 +37,12 @@ def tail_length(n_draws: int, r_eff: float) -> int:
     return int(np.floor(n_draws / 5))
 
 
-def loo_rows(log_lik: np.ndarray, r_eff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's elpd, Pareto k and p_loo from its log likelihood draws (rows, S)."""
+def loo_rows(
+    log_lik: np.ndarray, r_eff: float, expected: tuple[np.ndarray, ...] = ()
+) -> tuple[np.ndarray, ...]:
+    """Each row's elpd, Pareto k and p_loo from its log likelihood draws (rows, S), then
+    the leave-one-out expectation ``sum_s w_s f_s`` of each array ``f`` of ``expected``
+    (rows, S) under the same smoothed weights (as ArviZ's ``loo_expectation``)."""
     rows, n_draws = log_lik.shape
     tail = tail_length(n_draws, r_eff)
     if tail < 5:
@@ -48,15 +52,22 @@ def loo_rows(log_lik: np.ndarray, r_eff: float) -> tuple[np.ndarray, np.ndarray,
     elpd = np.empty(rows)
     khat = np.empty(rows)
     lpd = np.empty(rows)
+    expectations = [np.empty(rows) for _ in expected]
     for start in range(0, rows, batch):
-        part = log_lik[start : start + batch]
-        khat[start : start + batch], elpd[start : start + batch] = _psis_elpd(part, tail)
-        lpd[start : start + batch] = _logsumexp(part) - np.log(n_draws)
-    return elpd, khat, lpd - elpd
+        window = slice(start, start + batch)
+        part = log_lik[window]
+        khat[window], elpd[window], log_weights = _psis_elpd(part, tail)
+        lpd[window] = _logsumexp(part) - np.log(n_draws)
+        if expected:
+            weights = np.exp(log_weights - _logsumexp(log_weights)[:, None])
+            for values, out in zip(expected, expectations, strict=True):
+                out[window] = (weights * values[window]).sum(axis=1)
+    return elpd, khat, lpd - elpd, *expectations
 
 
-def _psis_elpd(log_lik: np.ndarray, tail: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k and elpd = log sum_s w_s exp(l_s) with normalised smoothed weights.
+def _psis_elpd(log_lik: np.ndarray, tail: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's k, elpd = log sum_s w_s exp(l_s) with normalised smoothed weights, and
+    the smoothed log weights (rows, S; not normalised).
 
     Outside the tail the log weight is -l_s - c (c = max_s -l_s), so w_s exp(l_s) is the
     same e^-c for all S - M of them: only the tail is summed draw by draw.
@@ -88,7 +99,7 @@ def _psis_elpd(log_lik: np.ndarray, tail: int) -> tuple[np.ndarray, np.ndarray]:
     body = np.take_along_axis(ratios, top[:, :1], 1) + np.take_along_axis(log_lik, top[:, :1], 1)
     # log(sum over the body + sum over the tail): the body's S - M terms are all equal
     terms = np.concatenate([body + np.log(n_draws - tail), tail_terms], axis=1)
-    return khat, _logsumexp(terms) - _logsumexp(ratios)
+    return khat, _logsumexp(terms) - _logsumexp(ratios), ratios
 
 
 def _gpdfit(tail: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

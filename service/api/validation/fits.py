@@ -58,6 +58,7 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
     _check_correlation_priors(request.priors, lkj)
     others = {name: prior for name, prior in request.priors.items() if name not in lkj}
     check_priors(others, terms=terms, auxiliary=auxiliary)
+    _check_prior_defaults(request, fam)
     spec = FitSpec(
         formula=request.formula,
         family=fam.name,
@@ -71,8 +72,30 @@ def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSp
         sampler=resolve_sampler(request, settings),
         name=request.name,
         group_correlations=request.group_correlations,
+        prior_defaults=request.prior_defaults,
     )
     return spec, info
+
+
+#: The families whose defaults rstanarm's stan_glmer defines (see ``FitRequest``).
+RSTANARM_FAMILIES = ("gaussian", "bernoulli", "binomial", "poisson", "negativebinomial", "gamma")
+
+
+def _check_prior_defaults(request: FitRequest, fam: Family) -> None:
+    """rstanarm's defaults exist for stan_glmer's families, without distributional formulas."""
+    if request.prior_defaults != "rstanarm":
+        return
+    if fam.name not in RSTANARM_FAMILIES:
+        raise InvalidRequest.one(
+            "prior_defaults",
+            f"rstanarm has no defaults for the {fam.name} family; it has them for "
+            f"{', '.join(RSTANARM_FAMILIES)} (use 'bambi', or set every prior)",
+        )
+    if request.distributional:
+        raise InvalidRequest.one(
+            "prior_defaults",
+            "rstanarm's stan_glmer has no distributional formulas: use 'bambi' with them",
+        )
 
 
 def _correlation_prior_keys(formulas: Sequence[CheckedFormula]) -> set[str]:
