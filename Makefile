@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run api worker test test-unit test-e2e lint format bench compose-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e './client[pandas,progress]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create the virtual environment
@@ -32,12 +32,20 @@ test-unit: $(STAMP)
 test-e2e: $(STAMP)
 	$(BIN)/python -m pytest tests/e2e
 
-LINTED := $(wildcard service worker tests bench examples)
+browser:  ## Debian's chromium and its driver, for the report page's browser tests (skipped without)
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	else echo "no /usr/bin/chromium and no apt-get: the browser tests will be skipped"; fi
+
+LINTED := $(wildcard service worker tests bench examples client)
 
 lint: $(STAMP)  ## ruff and mypy, as CI runs them
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	cd client && ../$(BIN)/mypy  # the client package: its own config (client/pyproject.toml)
 
 format: $(STAMP)
 	$(BIN)/ruff format $(LINTED)
