@@ -435,6 +435,11 @@ class Diagnostics(BaseModel):
         "models: sums per group level, the same posterior at a cost independent of the rows) "
         "or row_wise.",
     )
+    left_independent: dict[str, str] = Field(
+        default_factory=dict,
+        description="Group terms the formula asks to estimate jointly ('(1 + C(a) | g)') that "
+        "were estimated independently, by block name, with the reason.",
+    )
     runs: list[SamplerRun] = Field(
         default_factory=list,
         description="Each sampling run, in order: two when the first diverged in more than 1% "

@@ -82,6 +82,18 @@ def test_separate_terms_have_no_correlation_parameter() -> None:
     assert "group_corr" not in {role.kind for role in parameter_roles(model).values()}
 
 
+def test_a_block_with_a_categorical_term_stays_independent_and_the_diagnostics_say_so() -> None:
+    columns = simulated(6, 5)
+    columns["a"] = ["u", "v", "w"] * 10
+    model = build_model(spec("y ~ x + (1 + C(a) | g)", columns))
+    result = sample(model, SAMPLER.model_copy(update={"draws": 100, "tune": 100}), lambda _: 0)
+    assert not correlations_of(model).blocks
+    diagnostics = diagnose(model, result.posterior, result.sample_stats, "fit")
+    ((block, reason),) = diagnostics.left_independent.items()
+    assert block.startswith("1|g:C(a)") and "more than one column" in reason
+    assert any("estimated independently" in w and block in w for w in diagnostics.warnings)
+
+
 def test_the_independent_option_gives_bambis_model() -> None:
     columns = simulated(6, 5)
     independent = build_model(

@@ -355,6 +355,11 @@ def diagnose(
         ebfmi=ebfmi,
         worst={k: _worst(params, k) for k in ("r_hat", "ess_bulk", "ess_tail")},
     )
+    left = correlations_of(model).left_independent
+    warnings += [
+        f"the group terms {block} were estimated independently, without their correlation: {reason}"
+        for block, reason in left.items()
+    ]
     return Diagnostics(
         fit_id=fit_id,
         verdict=Verdict(verdict),
@@ -371,6 +376,7 @@ def diagnose(
         parameterization=parameterization,
         parameterization_reason=parameterization_reason,
         likelihood=likelihood,
+        left_independent=dict(left),
     )
 
 
