@@ -51,6 +51,9 @@ def test_each_fit_has_its_loo_computed_once_then_stored(
     assert loo["looic"] == pytest.approx(-2 * loo["elpd_loo"])
     assert 10 < loo["p_loo"] < 30 and loo["se"] > 0
     assert sum(loo["pareto_k"].values()) == 484
+    # the right model's leave-one-out predictions are calibrated: uniform LOO-PIT values
+    assert loo["loo_pit"]["calibrated"], loo["loo_pit"]
+    assert 0 < loo["loo_pit"]["ks_distance"] <= loo["loo_pit"]["threshold"] < 0.07
     assert client.get(f"/v1/fits/{fit_id}/loo").content == first.content  # stored
     assert client.get(f"/v1/fits/{fit_id}").json()["links"]["loo"].endswith("/loo")
 
