@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run api worker test test-unit test-e2e lint format bench compose-check clean
+.PHONY: install run api worker test test-unit test-e2e lint format bench compose-check clean browser
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -255,30 +255,43 @@ def api_notice(env: Mapping[str, str]) -> str:
     url = f"http://{host}:{api_port(env)}"
     if host in ("127.0.0.1", "localhost", "::1"):
         return (
-            f"API on {url}/docs, this machine only (Ctrl-C stops). To expose it, set"
-            " HBM_API_KEY_HASHES first, then: HOST=0.0.0.0 make run"
+            f"starting the API on {url}, this machine only (Ctrl-C stops; a 'ready' line"
+            " follows once the workers answer). To expose it, set HBM_API_KEY_HASHES first,"
+            " then: HOST=0.0.0.0 make run"
         )
     keys = "" if env.get("HBM_API_KEY_HASHES") else "; no API key asked: HBM_API_KEY_HASHES unset"
-    return f"API on {url}/docs (HOST={host}{keys}; Ctrl-C stops)"
+    return f"starting the API on {url} (HOST={host}{keys}; Ctrl-C stops)"
 
 
-def say_when_ready(base_url: str, timeout_s: float = 600) -> None:
-    """Print one line once ``/v1/readyz`` answers 200 (from a daemon thread)."""
+def wait_until_ready(base_url: str, timeout_s: float = 600, poll_s: float = 1.0) -> bool:
+    """Whether ``/v1/readyz`` answered 200 (Redis, storage, a fit and an interactive worker)
+    within ``timeout_s``, asking every ``poll_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/v1/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:  # not listening yet, or 503 until the workers are warm
+            pass
+        if time.monotonic() + poll_s > deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def say_when_ready(base_url: str, timeout_s: float = 600, poll_s: float = 1.0) -> threading.Thread:
+    """Print one line once ``/v1/readyz`` answers 200, or that it did not (a daemon thread,
+    returned)."""
 
     def wait() -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base_url}/v1/readyz", timeout=2) as answer:
-                    if answer.status == 200:
-                        say(f"ready: {base_url}/docs")
-                        return
-            except OSError:  # not listening yet, or 503 until the workers are warm
-                pass
-            time.sleep(1)
-        say(f"not ready after {timeout_s:.0f} s: see {base_url}/v1/readyz")
+        if wait_until_ready(base_url, timeout_s, poll_s):
+            say(f"ready: the API answers on {base_url} (docs: {base_url}/docs)")
+        else:
+            say(f"not ready after {timeout_s:.0f} s: see {base_url}/v1/readyz")
 
-    threading.Thread(target=wait, name="ready", daemon=True).start()
+    thread = threading.Thread(target=wait, name="ready", daemon=True)
+    thread.start()
+    return thread
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Start a Celery worker: ``python -m worker [fits|interactive|all]``.
 
 ``fits`` runs one fit at a time (its chains use all cores through nutpie's threads);
-``interactive`` answers predictions and summaries, so they never wait behind a long fit.
+``interactive`` answers predictions and summaries, so they never wait behind a long fit,
+and delivers webhooks (the ``HBM_NOTIFY_QUEUE``; one attempt holds it 10 s at most).
 Fit workers run at a lower CPU priority (``HBM_FIT_WORKER_NICE``) than the API and the
 interactive worker.
 The Dockerfile, docker-compose.yml, ``make run`` and the tests all start workers this way.
@@ -20,17 +21,18 @@ def argv(role: str) -> list[str]:
     settings = get_settings()
     queues = {
         "fits": [settings.fit_queue],
-        "interactive": [settings.interactive_queue],
-        "all": [settings.fit_queue, settings.interactive_queue],
+        "interactive": [settings.interactive_queue, settings.notify_queue],
+        "all": [settings.fit_queue, settings.interactive_queue, settings.notify_queue],
     }[role]
     return [
+        *(["--quiet"] if settings.log_format == "json" else []),  # no banner: JSON lines only
         "worker",
         "--queues",
         ",".join(queues),
         "--concurrency",
         "1",
-        "--hostname",
-        f"{role}@%h",
+        "--hostname",  # one per process: RabbitMQ's remote-control queue of a name is
+        f"{role}-{os.getpid()}@%h",  # exclusive, so two workers on one host must differ
         "--loglevel",
         "INFO",
         "--without-gossip",

@@ -4,10 +4,13 @@
   the queue; the job store counts attempts and fails the fit after ``max_attempts``, so a fit
   that always kills its worker cannot loop forever.
 - ``worker_prefetch_multiplier = 1``: a worker holds one fit at a time, others stay queued.
-- visibility timeout above the longest allowed fit, so Redis does not redeliver a fit that
-  is still running; a run lock with a heartbeat keeps a redelivered message from starting a
-  second concurrent run, and the reconciler re-queues fits whose worker died long before
-  the visibility timeout would.
+- visibility timeout (Redis) or consumer timeout (RabbitMQ) above the longest allowed fit,
+  so the broker does not redeliver a fit that is still running (``service.core.broker``,
+  which holds every setting that differs between the two); a run lock with a heartbeat
+  keeps a redelivered message from starting a second concurrent run, and the reconciler
+  re-queues fits whose worker died long before the visibility timeout would. A worker that
+  loses its broker connection keeps running its fit (RabbitMQ redelivers the message at
+  once; that delivery finds the run lock held and stands down).
 - no result backend: job state lives in the service's own Redis records.
 - synchronous calls (predictions, results, dry runs) are acknowledged late too: a call
   whose pool process dies goes back to the queue at once; its message expires with the
@@ -16,6 +19,8 @@
   so the API answers 503 at once when no worker serves a queue, and can tell a call whose
   worker died from a slow one.
 - a Redis outage does not cancel running fits (they finish, see ``worker.resilience``).
+- logs: ``HBM_LOG_FORMAT=json`` replaces Celery's format with JSON lines, and every line a
+  pool process writes during a task names the task's fit and request (``service.core.logs``).
 """
 
 from __future__ import annotations
@@ -28,9 +33,18 @@ from functools import partial
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_ready,
+    worker_shutting_down,
+)
 
-from service.core.jobs import JobStore
+from service.core import logs
+from service.core.broker import broker_url, celery_options, check_server
+from service.core.jobs import JobStore, is_fit_id
 from service.core.settings import get_settings
 from worker.patches import read_current_rss_in_billiard
 from worker.resilience import best_effort
@@ -40,7 +54,7 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 
 
-app = Celery("hbm-worker", broker=settings.redis_url, include=["worker.tasks"])
+app = Celery("hbm-worker", broker=broker_url(settings), include=["worker.tasks"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -49,7 +63,7 @@ app.conf.update(
     task_default_queue=settings.fit_queue,
     # Each fit stops itself at its own time limit; this hard limit is only a backstop.
     task_time_limit=settings.max_fit_time_limit_s + 300,
-    broker_transport_options={"visibility_timeout": settings.max_fit_time_limit_s + 600},
+    **celery_options(settings, producer=False),
     broker_connection_retry_on_startup=True,
     worker_cancel_long_running_tasks_on_connection_loss=False,
     # A pool process keeps the models it compiled (one per structure, see
@@ -58,6 +72,33 @@ app.conf.update(
     worker_max_memory_per_child=settings.worker_recycle_rss_mb * 1024,
     worker_hijack_root_logger=False,
 )
+
+
+if settings.log_format == "json":
+    logs.configure("json", "warning")  # now: warnings before Celery sets up logging too
+
+    @setup_logging.connect
+    def _json_logs(loglevel: int | str | None = None, **_: Any) -> None:
+        """Every line as JSON (``service.core.logs``) instead of Celery's own format."""
+        logs.configure("json", loglevel or "info")
+
+
+@task_prerun.connect
+def _bind_logs(task: Any = None, args: Any = None, **_: Any) -> None:
+    """Every line the pool process logs for a task names its fit and the API request that
+    queued it (the task's header; a fit's run refines it from the fit's record)."""
+    first = args[0] if args else None
+    fit_id = first.get("fit_id") if isinstance(first, dict) else first
+    header = task.request.get(logs.TASK_HEADER) if task is not None else None
+    logs.bind_process(
+        fit_id=fit_id if isinstance(fit_id, str) and is_fit_id(fit_id) else None,
+        request_id=logs.safe_request_id(header),
+    )
+
+
+@task_postrun.connect
+def _unbind_logs(**_: Any) -> None:
+    logs.bind_process(fit_id=None, request_id=None)
 
 
 @worker_init.connect
@@ -111,6 +152,7 @@ _presence: list[Presence] = []
 @worker_ready.connect
 def _announce(sender: Any = None, **_: Any) -> None:
     queues = [queue.name for queue in sender.task_consumer.queues]
+    check_server(sender.connection, settings)  # RabbitMQ: is its consumer timeout honoured?
     _presence.append(Presence(queues))
     log.info("worker announced on %s", queues)
 

@@ -10,6 +10,7 @@ from redis import Redis
 from service.core.artifacts import Artifacts
 from service.core.jobs import JobStore
 from service.core.settings import Settings, get_settings
+from service.core.storage import storage_for
 from worker.modeling.cache import FittedModelCache
 from worker.modeling.compiled import CompiledModels
 
@@ -40,7 +41,7 @@ def connect(settings: Settings) -> Redis:
 def context() -> Context:
     """The process's context."""
     settings = get_settings()
-    artifacts = Artifacts(settings.data_dir)
+    artifacts = Artifacts(storage_for(settings))
     return Context(
         settings=settings,
         store=JobStore(connect(settings), retention_s=settings.retention_s),

@@ -19,7 +19,9 @@ the final state itself and ends the pool process: Celery puts the message back
 were half written, and drops the message. So every limit holds in every phase within about
 a second, at the price of a fresh pool process (which forks warm from its parent).
 
-Failures are data on the fit: ``error.reason`` is a ``FailureReason``.
+Failures are data on the fit: ``error.reason`` is a ``FailureReason``. Every log line of a
+run names the fit and the request that submitted it (``service.core.logs``); a fit that
+succeeds records its phases (``service.core.metrics``), flushed to Redis after the run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import Any
 import psutil
 
 from service.core.errors import DamagedResults, FitFailed, InvalidRequest, StorageError
+from service.core.logs import working_on
+from service.core.metrics import RECORDER, observe_fit
 from service.core.schemas import (
     FailureReason,
     FitError,
@@ -52,6 +56,7 @@ from worker.modeling import parameterization
 from worker.modeling.building import build_model
 from worker.modeling.sampling import PROGRESS_INTERVAL_S, STOP_MESSAGES, sample_with_refit
 from worker.modeling.storage import result_files, spec_digest, stored_manifest, write_results
+from worker.notify import notify_final
 from worker.resilience import RedisUnavailable, best_effort, retry_redis
 
 log = logging.getLogger(__name__)
@@ -122,12 +127,16 @@ def run_fit(fit_id: str, ctx: Context) -> None:
         return
     run = FitRun(fit_id, record, ctx, token)
     try:
-        with Heartbeat(ctx.store, fit_id, token, ctx.settings.lock_ttl_s) as heartbeat:
+        with (
+            working_on(fit_id, record.request_id),
+            Heartbeat(ctx.store, fit_id, token, ctx.settings.lock_ttl_s) as heartbeat,
+        ):
             run.heartbeat = heartbeat
             with Watchdog(run):
                 run.run()
     finally:
         best_effort(lambda: ctx.store.release_lock(fit_id, token), what="release the lock")
+        best_effort(lambda: RECORDER.flush(ctx.store.redis, ctx.store.prefix), what="metrics")
         # The model's design matrices and draws go now, not at some later collection:
         # Celery judges the process's size right after the task (worker_recycle_rss_mb).
         gc.collect()
@@ -247,6 +256,7 @@ class FitRun:
             message = f"the fit lost its worker {attempt - 1} times and was not run again"
             self.fail(FailureReason.WORKER_LOST, message)
             return
+        log.info("fit %s: attempt %d started", fit_id, attempt)
         started = time.perf_counter()
         timings = Timings(queued_s=(time.time() - self.record.created_at.timestamp()))
         spec = self._spec()
@@ -295,7 +305,9 @@ class FitRun:
         }
         self._store(files, manifest)
         self._start_finishing()
-        self.end(FitStatus.SUCCEEDED, timings=timings, versions=versions)
+        if self.end(FitStatus.SUCCEEDED, timings=timings, versions=versions) is FitStatus.SUCCEEDED:
+            observe_fit(timings)
+            log.info("fit %s succeeded in %.2f s", fit_id, timings.total_s)
 
     def _store(self, files: dict[str, bytes | memoryview], manifest: dict[str, Any]) -> None:
         """Write the results; a failing disk gets ``STORAGE_RETRIES_S`` more chances."""
@@ -347,6 +359,8 @@ class FitRun:
                 ctx.artifacts.discard_results(fit_id)
             except StorageError:
                 log.warning("fit %s: its results could not be removed", fit_id)
+        if final is not None and final.is_final:
+            notify_final(ctx.store, fit_id, final)  # its notify_url, once (worker.notify)
         if final is not status:
             log.info("fit %s ended %s (asked: %s)", fit_id, final, status.value)
         return final
@@ -363,6 +377,8 @@ class FitRun:
         except Exception:
             log.exception("fit %s: could not record the stop", self.fit_id)
         finally:
+            store = self.ctx.store
+            best_effort(lambda: RECORDER.flush(store.redis, store.prefix), what="metrics")
             logging.shutdown()
             os._exit(HARD_STOP_EXIT)
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
+from celery import current_task
 from pydantic import BaseModel, ValidationError
 
 from service.core.errors import (
@@ -21,15 +23,19 @@ from service.core.errors import (
     Unavailable,
 )
 from service.core.jobs import is_fit_id
+from service.core.metrics import CALLS, RECORDER
 from service.core.protocol import (
     FIT_TASK,
     REPLY_TTL_S,
     CompareCall,
     DescribeCall,
+    DrawsCall,
+    FileWritten,
     FitRef,
     FittedCall,
     GroupsCall,
     LooCall,
+    PlotCall,
     PpcCall,
     PredictCall,
     SummaryCall,
@@ -37,6 +43,7 @@ from service.core.protocol import (
     encode_error,
 )
 from service.core.schemas import Comparison, GroupEffects, Loo, Ppc, Predictions, Summary
+from service.core.webhooks import NOTIFY_TASK
 from worker.celery_app import app
 from worker.context import context
 from worker.derived import compare, pointwise, stored_loo
@@ -47,6 +54,9 @@ from worker.modeling.describe import describe
 from worker.modeling.ppc import posterior_predictive_check
 from worker.modeling.prediction import predict
 from worker.modeling.summaries import group_effects, summarize
+from worker.notify import run_notification
+from worker.outputs.draws import write_draws
+from worker.outputs.plots import write_plot
 from worker.resilience import best_effort
 
 log = logging.getLogger(__name__)
@@ -56,6 +66,14 @@ log = logging.getLogger(__name__)
 def fit(fit_id: str) -> None:
     """Fit one queued model. Safe to run again: a finished fit is left alone."""
     run_fit(fit_id, context())
+
+
+@app.task(name=NOTIFY_TASK)
+def notify(fit_id: str, attempt: int) -> None:
+    """One attempt at a finished fit's notification (its ``notify_url``). Safe to run
+    again: an attempt is made once (see ``worker.notify``)."""
+    if is_fit_id(fit_id) and isinstance(attempt, int):
+        run_notification(fit_id, attempt, context())
 
 
 # ------------------------------------------------------------------- synchronous calls
@@ -68,15 +86,18 @@ def worker_name() -> str:
 
 def answer(reply_key: str, compute: Callable[[], BaseModel]) -> None:
     """Say which worker took the call, compute its answer and push it (or the error met)
-    to ``reply_key``."""
+    to ``reply_key``; then record how long it took (``hbm_worker_call_duration_seconds``)."""
     store = context().store
     token = reply_key.rsplit(":", 1)[1]
+    started = time.perf_counter()
     best_effort(
         lambda: store.redis.set(store.call_key(token), worker_name(), ex=REPLY_TTL_S),
         what="claim a call",
     )
+    outcome = "error"
     try:
         reply = encode_answer(compute())
+        outcome = "ok"
     except FitFailed as exc:
         reply = encode_error(InvalidRequest.one("formula", exc.message))
     except ServiceError as exc:
@@ -93,6 +114,10 @@ def answer(reply_key: str, compute: Callable[[], BaseModel]) -> None:
     pipe.rpush(reply_key, reply)
     pipe.expire(reply_key, REPLY_TTL_S)
     pipe.execute()
+    # After the reply: the caller does not wait for the metrics.
+    name = getattr(current_task, "name", None) or "hbm.unknown"
+    RECORDER.observe(CALLS, time.perf_counter() - started, (name.removeprefix("hbm."), outcome))
+    best_effort(lambda: RECORDER.flush(store.redis, store.prefix), what="record metrics")
 
 
 def _fitted(call: FittedCall | FitRef) -> FittedModel:
@@ -215,5 +240,30 @@ def ppc_task(payload: dict[str, Any], reply_key: str) -> None:
             seed=call.seed,
             fit_id=call.fit_id,
         )
+
+    answer(reply_key, compute)
+
+
+@app.task(name=DrawsCall.task)
+def draws_task(payload: dict[str, Any], reply_key: str) -> None:
+    """Write the fit's draws as a file (netCDF, CSV or Parquet) beside its results, and
+    reply with its name and size."""
+
+    def compute() -> FileWritten:
+        call = DrawsCall.model_validate(payload)
+        ctx = context()
+        return write_draws(ctx.artifacts, call, _fitted(call), ctx.settings.max_export_values)
+
+    answer(reply_key, compute)
+
+
+@app.task(name=PlotCall.task)
+def plot_task(payload: dict[str, Any], reply_key: str) -> None:
+    """Draw one of the fit's plots (PNG or SVG) beside its results, and reply with its name
+    and size."""
+
+    def compute() -> FileWritten:
+        call = PlotCall.model_validate(payload)
+        return write_plot(context().artifacts, call, _fitted(call))
 
     answer(reply_key, compute)

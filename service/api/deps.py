@@ -14,6 +14,7 @@ from service.core.errors import NotFound, NotReady
 from service.core.jobs import JobStore, is_fit_id
 from service.core.schemas import FitResource, FitStatus
 from service.core.settings import Settings
+from service.core.storage import storage_for
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Services:
             health_check_interval=10,
         )
         store = JobStore(redis, retention_s=settings.retention_s)
-        return cls(settings, store, Artifacts(settings.data_dir), Dispatcher(settings, store))
+        return cls(settings, store, Artifacts(storage_for(settings)), Dispatcher(settings, store))
 
 
 async def get_services(request: Request) -> Services:

@@ -11,6 +11,7 @@ which the route serves as it is. While it waits it watches the worker:
   mid-call), or nobody took it and every worker alive when it was sent is gone (one may
   have died with the message fetched): the call is sent once more, to a live worker,
   waiting up to ``ORPHAN_GRACE_S`` for one to come back;
+- the broker does not take the call: 503 with Retry-After;
 - over ``max_calls_in_flight`` calls waiting in this process, or
   ``max_calls_in_flight_per_key`` for one key: 503 / 429 with Retry-After before sending.
 """
@@ -24,13 +25,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 from redis import asyncio as aioredis
 from starlette.concurrency import run_in_threadpool
 
+from service.core.broker import broker_url, celery_options
 from service.core.errors import TooManyRequests, Unavailable
 from service.core.jobs import JobStore
 from service.core.protocol import FIT_TASK, Call, decode_reply
 from service.core.settings import Settings
+from service.core.webhooks import NOTIFY_TASK
 
 #: Seconds between looks at a pending call's worker.
 LOOK_S = 1.0
@@ -48,18 +52,13 @@ class Dispatcher:
         self.settings = settings
         self.store = store
         timeout = settings.redis_timeout_s
-        self.celery = Celery("hbm-api", broker=settings.redis_url)
+        self.celery = Celery("hbm-api", broker=broker_url(settings))
         self.celery.conf.update(
             task_default_queue=settings.fit_queue,
             broker_connection_retry_on_startup=True,
             broker_connection_timeout=timeout,
             broker_connection_max_retries=1,
-            broker_transport_options={
-                "visibility_timeout": settings.max_fit_time_limit_s + 600,
-                "socket_timeout": timeout,
-                "socket_connect_timeout": timeout,
-                "max_retries": 1,
-            },
+            **celery_options(settings, producer=True),
         )
         self._replies: aioredis.Redis | None = None
         self.in_flight = 0
@@ -68,6 +67,11 @@ class Dispatcher:
     def enqueue_fit(self, fit_id: str) -> None:
         """Queue a fit; the worker finds everything else in the job store and artifacts."""
         self.celery.send_task(FIT_TASK, args=[fit_id], queue=self.settings.fit_queue)
+
+    def enqueue_notification(self, fit_id: str, attempt: int) -> None:
+        """Queue an attempt at a finished fit's notification (``service.core.webhooks``)."""
+        queue = self.settings.notify_queue
+        self.celery.send_task(NOTIFY_TASK, args=[fit_id, attempt], queue=queue)
 
     # ----------------------------------------------------------------- synchronous calls
 
@@ -128,12 +132,16 @@ class Dispatcher:
                 expires=self.settings.reply_timeout_s,
             )
 
-        await run_in_threadpool(send)
+        try:
+            await run_in_threadpool(send)
+        except (OperationalError, OSError) as exc:  # the broker is away
+            raise Unavailable("the broker does not answer; retry shortly", 10) from exc
 
     async def _await_reply(self, token: str, call: Call, queue: str, senders: set[str]) -> bytes:
         """Wait for the reply; send the call again (once) when the worker that took it died,
         or when nobody took it and every worker that could have fetched it is gone (a worker
-        that dies with a message fetched keeps it until Redis's visibility timeout)."""
+        that dies with a message fetched keeps it until Redis's visibility timeout; RabbitMQ
+        hands it out again at once, and a second answer is ignored)."""
         reply_key = self.store.reply_key(token)
         deadline = time.monotonic() + self.settings.reply_timeout_s
         sends = 1

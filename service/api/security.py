@@ -6,7 +6,10 @@ anything reads the request body.
   SHA-256 digest is listed; else 401 at once, the body unread. The key's digest is the
   request's owner: a fit is visible only to the key that created it (others get 404).
   Without hashes the service asks for no key (local use) and every caller is the same
-  anonymous owner.
+  anonymous owner. Browsers, which cannot set headers on an ``EventSource`` or an ``<img>``,
+  may instead hold the key in the HttpOnly, SameSite=Strict cookie ``hbm_key`` that a page
+  opened once as ``?key=KEY`` sets (``service.api.ui``); the cookie counts for GET and HEAD
+  requests only, and ``?key=`` only on the pages themselves.
 - ``BodyGuard`` (ASGI middleware) bounds what a body may cost: 413 for a body over
   ``max_body_bytes`` (at once from ``Content-Length``, or as soon as a chunked body streams
   past it); 408 for a body that arrives too slowly (``body_timeout_s`` in all, a sixth of it
@@ -20,10 +23,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import time
 from typing import Annotated
+from urllib.parse import parse_qsl, quote, unquote
 
 from fastapi import Depends, Request
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import Caller, ServicesDep
@@ -38,6 +44,13 @@ from service.core.errors import (
 
 #: Paths under /v1 that need no key.
 OPEN_PATHS = frozenset({"/v1/healthz", "/v1/readyz"})
+#: The cookie a browser holds its key in, and the query parameter a page takes it from once.
+KEY_COOKIE = "hbm_key"
+KEY_QUERY = "key"
+#: The pages that take ``?key=`` (and set the cookie).
+PAGE_PATH = re.compile(r"/v1/ui|/v1/fits/[^/]+/report")
+#: Methods a cookie authenticates: reading only, so a forged request cannot change anything.
+COOKIE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def key_digest(key: str) -> str:
@@ -45,14 +58,37 @@ def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def owner_of(headers: dict[bytes, bytes], hashes: list[str]) -> str:
-    """The owner a request acts for (a key's digest; empty without keys), or 401."""
+def cookie_value(key: str) -> str:
+    """How a key is written in the ``hbm_key`` cookie (percent-encoded)."""
+    return quote(key, safe="")
+
+
+def browser_key(scope: Scope) -> str:
+    """The key a browser presents without headers: ``?key=`` on a page, else the cookie,
+    for GET and HEAD requests only ("" otherwise)."""
+    if scope.get("method") not in COOKIE_METHODS:
+        return ""
+    if PAGE_PATH.fullmatch(scope["path"]):
+        raw: bytes = scope.get("query_string", b"")
+        query = dict(parse_qsl(raw.decode("latin-1")))
+        if query.get(KEY_QUERY):
+            return query[KEY_QUERY].strip()
+    cookies = dict(scope.get("headers", [])).get(b"cookie")
+    if cookies:
+        return unquote(cookie_parser(cookies.decode("latin-1")).get(KEY_COOKIE, "")).strip()
+    return ""
+
+
+def owner_of(headers: dict[bytes, bytes], hashes: list[str], fallback: str = "") -> str:
+    """The owner a request acts for (a key's digest; empty without keys), or 401. The key
+    is the ``X-API-Key`` header, else a bearer token, else ``fallback`` (a browser's)."""
     if not hashes:
         return ""
     key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
     authorization = headers.get(b"authorization", b"").decode("latin-1")
     if not key and authorization.lower().startswith("bearer "):
         key = authorization[7:].strip()
+    key = key or fallback
     if not key:
         raise Unauthorized("send an API key in the X-API-Key header")
     digest = key_digest(key)
@@ -81,7 +117,9 @@ class Authenticate:
                 owner = ""
             else:
                 try:
-                    owner = owner_of(dict(scope.get("headers", [])), self.hashes)
+                    headers = dict(scope.get("headers", []))
+                    fallback = browser_key(scope) if self.hashes else ""
+                    owner = owner_of(headers, self.hashes, fallback)
                 except Unauthorized as exc:
                     await refuse(exc, scope, receive, send)
                     return

@@ -38,20 +38,26 @@ def submit_fit(caller: Caller, request: FitRequest, idempotency_key: str | None)
         record = caller.services.store.get(fit_id)
         if record is not None:
             return record
-        record = _create(caller, fit_id, spec, dedup)
+        record = _create(caller, fit_id, spec, dedup, request.notify_url)
         if record is not None:
             return record
     raise Unavailable("the fit could not be recorded; retry shortly", retry_after=1)
 
 
 def _create(
-    caller: Caller, fit_id: str, spec: FitSpec, dedup: tuple[str, ...]
+    caller: Caller,
+    fit_id: str,
+    spec: FitSpec,
+    dedup: tuple[str, ...],
+    notify_url: str | None = None,
 ) -> FitResource | None:
     """Record, store and queue a new fit; None if its id was deleted meanwhile."""
     services, owner = caller.services, caller.owner
     store = services.store
     with services.artifacts.staged_spec(fit_id, spec) as staged:
-        created = store.create(fit_id, spec, owner, dedup=dedup, quota=_quota(caller))
+        created = store.create(
+            fit_id, spec, owner, dedup=dedup, quota=_quota(caller), notify_url=notify_url
+        )
         if created is None:
             return None
         if created:

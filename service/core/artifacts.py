@@ -1,36 +1,34 @@
-"""Files of a fit under the data directory, written atomically and durably.
+"""Files of a fit, written atomically, in the storage ``HBM_STORAGE_URL`` names (a local
+folder, the default, or an S3-compatible bucket: ``service.core.storage``).
 
-{data_dir}/fits/{id}/spec.json          the validated request the worker runs
-{data_dir}/fits/{id}/posterior.nc       posterior draws and sampler statistics (netCDF)
-{data_dir}/fits/{id}/summary.json       results at the default interval, ready to serve
-{data_dir}/fits/{id}/groups.json         which file holds each factor's group effects:
-{data_dir}/fits/{id}/group-{i}.json      one factor's group effects at the default interval
-{data_dir}/fits/{id}/factors.json        the grouping factors, their levels and terms
-{data_dir}/fits/{id}/diagnostics.json
-{data_dir}/fits/{id}/priors.json
-{data_dir}/fits/{id}/results.json       written last: the manifest saying the results are
-                                        complete (a re-run of a fit finds them and finishes)
-{data_dir}/fits/{id}/loo-pointwise.npy  computed on first request, after the fit: each row's
-{data_dir}/fits/{id}/loo.json           PSIS-LOO values, then the resource served
+fits/{id}/spec.json          the validated request the worker runs
+fits/{id}/posterior.nc       posterior draws and sampler statistics (netCDF)
+fits/{id}/summary.json       results at the default interval, ready to serve
+fits/{id}/groups.json        which file holds each factor's group effects:
+fits/{id}/group-{i}.json     one factor's group effects at the default interval
+fits/{id}/factors.json       the grouping factors, their levels and terms
+fits/{id}/diagnostics.json
+fits/{id}/priors.json
+fits/{id}/results.json       written last: the manifest saying the results are complete (a
+                             re-run of a fit finds them and finishes)
+fits/{id}/loo-pointwise.npy  computed on first request, after the fit: each row's PSIS-LOO
+fits/{id}/loo.json           values (and LOO-PIT), then the resource served
+fits/{id}/plot-*.png|svg     plots and draws exports, written on request (``FileCall``)
+fits/{id}/draws-*.nc|csv|parquet
 
-Every file is written to a temporary name, flushed to disk (fsync), renamed into place, and
-the folder is flushed too: after a crash a reader finds the old file or the whole new one.
-Failures to write or remove become ``StorageError`` (``full`` when the disk is full); a file
-that exists but cannot be read back (truncated, damaged) becomes ``DamagedResults``, a
-permanent error for that fit, never a retry loop.
+A reader finds the old file or the whole new one, never a part (see ``storage``). Failures
+to write or remove become ``StorageError`` (``full`` when the disk is full); a file that
+exists but cannot be read back (truncated, damaged) becomes ``DamagedResults``, a permanent
+error for that fit, never a retry loop.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from pydantic import ValidationError
 from service.core.errors import DamagedResults, StorageError
 from service.core.jobs import is_fit_id
 from service.core.schemas import FitSpec
+from service.core.storage import LocalStorage, Storage, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,9 @@ PRIORS_FILE = "priors.json"
 MANIFEST_FILE = "results.json"
 LOO_FILE = "loo.json"
 LOO_POINTWISE_FILE = "loo-pointwise.npy"
+FITS = "fits"
+
+__all__ = ["Artifacts", "StagedFile", "group_file", "storage_error"]
 
 
 def group_file(index: int) -> str:
@@ -58,109 +60,74 @@ def group_file(index: int) -> str:
     return f"group-{index}.json"
 
 
-_FULL = {errno.ENOSPC, errno.EDQUOT}
-
-
-def storage_error(exc: OSError, what: str) -> StorageError:
-    """A StorageError in the service's words for an OSError while doing ``what``."""
-    full = exc.errno in _FULL
-    reason = "the disk is full" if full else "the storage failed"
-    return StorageError(f"{what}: {reason}", full=full)
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class Artifacts:
-    """Paths and atomic reads and writes of a fit's files."""
+    """A fit's files: atomic reads and writes by fit id and name, in one ``Storage``."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, storage: Storage | Path) -> None:
+        self.storage = storage if isinstance(storage, Storage) else LocalStorage(storage)
 
-    def fit_dir(self, fit_id: str) -> Path:
-        """The folder of one fit."""
-        return self.root / "fits" / fit_id
+    @staticmethod
+    def _folder(fit_id: str) -> str:
+        return f"{FITS}/{fit_id}"
 
-    def path(self, fit_id: str, name: str) -> Path:
-        """One file of a fit."""
-        return self.fit_dir(fit_id) / name
+    def _key(self, fit_id: str, name: str) -> str:
+        return f"{FITS}/{fit_id}/{name}"
+
+    def has_fit(self, fit_id: str) -> bool:
+        """Whether any file of the fit is stored."""
+        return self.storage.has_folder(self._folder(fit_id))
 
     @contextmanager
     def atomic_path(self, fit_id: str, name: str, *, create: bool = True) -> Iterator[Path]:
-        """A temporary path to write; on success it is flushed and renamed to ``name``.
+        """A local temporary path to write; on success it is published as ``name``.
 
         Readers see the old file or the new one, never a partial one. Without ``create``,
-        a fit without a folder (deleted meanwhile) is a FileNotFoundError.
+        a fit without files (deleted meanwhile) is a FileNotFoundError.
         """
-        folder = self.fit_dir(fit_id)
-        if not create and not folder.is_dir():
-            raise FileNotFoundError(f"fit {fit_id} has no folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            os.close(fd)
-        except OSError as exc:
-            raise storage_error(exc, f"the fit's file {name} could not be written") from exc
-        try:
-            yield Path(tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, folder / name)
-            _fsync_folder(folder)
-        except OSError as exc:
-            raise storage_error(exc, f"the fit's file {name} could not be written") from exc
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        if not create and not self.has_fit(fit_id):
+            raise FileNotFoundError(f"fit {fit_id} has no files")
+        with self.storage.staged(self._key(fit_id, name)) as tmp:
+            yield tmp
 
-    def write_bytes(self, fit_id: str, name: str, payload: bytes | memoryview) -> Path:
+    def write_bytes(self, fit_id: str, name: str, payload: bytes | memoryview) -> None:
         """Write a file atomically."""
-        with self.atomic_path(fit_id, name) as tmp, tmp.open("wb") as handle:
-            handle.write(payload)
-        return self.path(fit_id, name)
+        self.storage.put(self._key(fit_id, name), payload)
 
     def write_derived(self, fit_id: str, name: str, payload: bytes) -> None:
         """Store a result computed after the fit (LOO...) beside its results, atomically;
-        FileNotFoundError if the fit's folder is gone (deleted while it was computed)."""
-        with self.atomic_path(fit_id, name, create=False) as tmp, tmp.open("wb") as handle:
-            handle.write(payload)
+        FileNotFoundError if the fit's files are gone (deleted while it was computed)."""
+        if not self.has_fit(fit_id):
+            raise FileNotFoundError(f"fit {fit_id} has no files")
+        self.storage.put(self._key(fit_id, name), payload)
 
-    def write_json(self, fit_id: str, name: str, value: Any) -> Path:
+    def write_json(self, fit_id: str, name: str, value: Any) -> None:
         """Write JSON atomically."""
-        return self.write_bytes(fit_id, name, json.dumps(value).encode())
+        self.write_bytes(fit_id, name, json.dumps(value).encode())
 
     def read_bytes(self, fit_id: str, name: str) -> bytes:
         """A file of a fit (FileNotFoundError if absent; StorageError if unreadable)."""
-        try:
-            return self.path(fit_id, name).read_bytes()
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise storage_error(exc, f"the fit's file {name} could not be read") from exc
+        return self.storage.get(self._key(fit_id, name))
+
+    def exists(self, fit_id: str, name: str) -> bool:
+        """Whether the fit's file ``name`` is stored."""
+        return self.storage.exists(self._key(fit_id, name))
+
+    def size(self, fit_id: str, name: str) -> int:
+        """The size of a stored file in bytes (FileNotFoundError if absent)."""
+        return self.storage.size(self._key(fit_id, name))
 
     def open_stream(
         self, fit_id: str, name: str, chunk_bytes: int = 1 << 20
     ) -> tuple[int, Iterator[bytes]]:
         """A file's size and its bytes in chunks, for serving without holding it in memory
-        (FileNotFoundError at once if absent; the file is open until the chunks end)."""
-        try:
-            handle = self.path(fit_id, name).open("rb")
-            size = os.fstat(handle.fileno()).st_size
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise storage_error(exc, f"the fit's file {name} could not be read") from exc
+        (FileNotFoundError at once if absent)."""
+        return self.storage.open_stream(self._key(fit_id, name), chunk_bytes)
 
-        def chunks() -> Iterator[bytes]:
-            with handle:
-                while chunk := handle.read(chunk_bytes):
-                    yield chunk
-
-        return size, chunks()
+    @contextmanager
+    def local_copy(self, fit_id: str, name: str) -> Iterator[Path]:
+        """A local file with the stored file's bytes, for libraries that open paths."""
+        with self.storage.local_copy(self._key(fit_id, name)) as path:
+            yield path
 
     def read_json(self, fit_id: str, name: str) -> Any:
         """Read a JSON file of a fit (FileNotFoundError if absent, DamagedResults if it
@@ -199,29 +166,20 @@ class Artifacts:
 
     @contextmanager
     def staged_spec(self, fit_id: str, spec: FitSpec) -> Iterator[StagedFile]:
-        """Write the request under a temporary name; ``publish()`` renames it into place.
-        Unpublished, it is removed when the block ends."""
-        folder = self.fit_dir(fit_id)
-        tmp = ""
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".spec.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(spec.model_dump_json().encode())
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            if tmp:
-                Path(tmp).unlink(missing_ok=True)
-            self._remove_if_empty(folder)
-            raise storage_error(exc, "the request could not be stored") from exc
-        staged = StagedFile(Path(tmp), folder / SPEC_FILE)
-        try:
-            yield staged
-        finally:
-            staged.temporary.unlink(missing_ok=True)
-            if not staged.published:
-                self._remove_if_empty(folder)
+        """The request ready to store; ``publish()`` writes it (atomically). Unpublished,
+        nothing is stored when the block ends."""
+        payload = spec.model_dump_json().encode()
+
+        def write() -> None:
+            try:
+                self.storage.put(self._key(fit_id, SPEC_FILE), payload)
+            except StorageError as exc:
+                reason = exc.detail.rsplit(": ", 1)[-1]
+                raise StorageError(
+                    f"the request could not be stored: {reason}", full=exc.full
+                ) from exc
+
+        yield StagedFile(write)
 
     def read_spec(self, fit_id: str) -> FitSpec:
         """Load the validated request."""
@@ -231,76 +189,36 @@ class Artifacts:
             raise self.damaged(fit_id, SPEC_FILE) from exc
 
     def delete(self, fit_id: str) -> None:
-        """Remove every file of a fit (a folder, or whatever stands in its place); a fit
-        without files is fine. StorageError if something stays."""
-        target = self.fit_dir(fit_id)
-        try:
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise storage_error(exc, "the fit's files could not be removed") from exc
+        """Remove every file of a fit; a fit without files is fine. StorageError if
+        something stays."""
+        self.storage.remove_folder(self._folder(fit_id))
 
     def discard_results(self, fit_id: str) -> None:
         """Remove a fit's results (not its request): a cancelled or failed fit keeps none."""
-        folder = self.fit_dir(fit_id)
-        if not folder.is_dir():
-            return
-        for entry in folder.iterdir():
-            if entry.name != SPEC_FILE:
-                try:
-                    entry.unlink()
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise storage_error(exc, "the fit's results could not be removed") from exc
+        for name in self.storage.names(self._folder(fit_id)):
+            if name != SPEC_FILE:
+                self.storage.remove(self._key(fit_id, name))
 
     def writable(self) -> bool:
-        """Whether a file can be written and removed in the data folder now."""
-        try:
-            (self.root / "fits").mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=self.root / "fits", prefix=".probe.")
-            os.close(fd)
-            os.unlink(name)
-        except OSError:
-            return False
-        return True
+        """Whether a file can be written and removed in the storage now."""
+        return self.storage.writable()
 
     def fit_folders(self) -> Iterator[tuple[str, float]]:
-        """Every fit folder (or stray entry with a fit id's name) and when it last changed."""
-        try:
-            entries = list(os.scandir(self.root / "fits"))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            if is_fit_id(entry.name):
-                try:
-                    yield entry.name, entry.stat(follow_symlinks=False).st_mtime
-                except FileNotFoundError:
-                    continue
-
-    @staticmethod
-    def _remove_if_empty(folder: Path) -> None:
-        with suppress(OSError):
-            folder.rmdir()
+        """Every fit with files (or stray entry with a fit id's name) and when it last
+        changed."""
+        for name, modified in self.storage.folders(FITS):
+            if is_fit_id(name):
+                yield name, modified
 
 
 class StagedFile:
-    """A file written under a temporary name, waiting to be renamed into place."""
+    """A file waiting to be written: ``publish()`` writes it."""
 
-    def __init__(self, temporary: Path, final: Path) -> None:
-        self.temporary = temporary
-        self.final = final
+    def __init__(self, write: Callable[[], None]) -> None:
+        self._write = write
         self.published = False
 
     def publish(self) -> None:
-        """Rename the file into place (durably)."""
-        try:
-            os.replace(self.temporary, self.final)
-            _fsync_folder(self.final.parent)
-        except OSError as exc:
-            raise storage_error(exc, "the request could not be stored") from exc
+        """Write the file (StorageError if it cannot be)."""
+        self._write()
         self.published = True

@@ -5,8 +5,8 @@ Keys (all under ``{prefix}:``)::
 
     fit:{id}        hash: meta (immutable request facts), owner, dedup (the dedup keys that
                     point at this fit), status, attempts, progress, timings, versions, error,
-                    started_at, finished_at, cancel (JSON-encoded fields); expires
-                    ``retention`` after the fit is final
+                    started_at, finished_at, cancel (JSON-encoded fields), events (how
+                    many changes were published); expires ``retention`` after the fit is final
     fits            sorted set of ids by creation time, for listing and sweeping
     owned:{owner}   the same, per API key (``owner`` is a digest of the key)
     active:{owner}  that key's queued or running fits, for its concurrency limit
@@ -27,6 +27,22 @@ Keys (all under ``{prefix}:``)::
     workers:{queue} sorted set of live worker processes consuming a queue, scored by when
                     their presence expires
     reconciler      held by the API process whose reconciler acts in this interval
+    metrics:{name}  hash: a metric's totals (``service.core.metrics``); the scripts that make
+                    a fit final count it in ``metrics:hbm_fits_finished_total``
+    notify          sorted set of fits whose notification (``notify_url``) is pending,
+                    scored by when its next attempt is due: the scripts that make a fit final
+                    add it; the reconciler sends again what is overdue (``service.core.webhooks``)
+    notify:sent:{id}:{status}  the first attempt of that notification was sent (once)
+    notify:lock:{id}  held by the worker making an attempt at the fit's notification
+    model:{owner}:{name}, model:{owner}:{name}:history, models:{owner}
+                    named models (``service.core.models``: ``ModelRegistry``)
+    usedby:{id}     the names of the models whose versions serve the fit: while it is not
+                    empty the fit cannot be deleted and its record does not expire
+
+Channel (pub/sub, not a key): ``events:{id}`` carries a notice each time a fit's status or
+progress changes (the new ``events`` number; 0 when the fit was deleted), published in the
+same atomic step as the change. The API's event streams subscribe to ``events:*`` and
+re-read the record; a notice carries no state, so a missed one costs only freshness.
 
 Celery's result backend is not used: it reports unknown ids as PENDING and forgets results.
 Status changes that race (cancel against start, finish against cancel, a lost lock against
@@ -46,11 +62,14 @@ from typing import Any
 from redis import Redis
 
 from service.core.errors import TooManyRequests
+from service.core.logs import current_request_id
+from service.core.metrics import FITS_SUBMITTED, RECORDER
 from service.core.schemas import (
     FitError,
     FitResource,
     FitSpec,
     FitStatus,
+    Notification,
     Progress,
     ResolvedSampler,
     Timings,
@@ -90,22 +109,63 @@ redis.call('SADD', KEYS[5], ARGV[3])
 return 1
 """
 
+# Prepended to every script that changes a fit's status or progress: count the change in
+# the record and publish its number on the fit's channel (what event streams listen to).
+_NOTIFY = """
+local function notify(fit_key, channel)
+  redis.call('PUBLISH', channel, redis.call('HINCRBY', fit_key, 'events', 1))
+end
+"""
+
 # Start a run only if the fit is still queued or running (a retry): never after cancel.
-_START = """
+_START = (
+    _NOTIFY
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return -1 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+notify(KEYS[1], ARGV[2])
+return attempts
 """
+)
+
+# Replace a fit's progress (never recreating a record that expired or was deleted).
+_PROGRESS = (
+    _NOTIFY
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+notify(KEYS[1], ARGV[2])
+return 1
+"""
+)
 
 # Shared tail of the scripts that make a fit final: leave the active sets, expire after the
-# retention, and drop the dedup keys when the final state is not the request's answer.
+# retention, queue the fit's notification if it has a notify_url (``notify``), and drop the
+# dedup keys when the final state is not the request's answer.
 _FINAL_TAIL = """
+local function queue_notification(fit_key, id, prefix)
+  local meta = cjson.decode(redis.call('HGET', fit_key, 'meta') or '{}')
+  if type(meta['notify_url']) == 'string' then
+    redis.call('ZADD', prefix .. 'notify', redis.call('TIME')[1], id)
+  end
+end
 local function leave_active(fit_key, id, prefix, retention)
+  -- called once per fit, as it becomes final: count the end (service.core.metrics)
+  local status = redis.call('HGET', fit_key, 'status')
+  local reason = ''
+  if status == 'failed' then
+    local ok, err = pcall(cjson.decode, redis.call('HGET', fit_key, 'error') or '{}')
+    if ok and type(err) == 'table' and err.reason then reason = err.reason end
+  end
+  redis.call('HINCRBY', prefix .. 'metrics:hbm_fits_finished_total',
+             cjson.encode({status, reason}), 1)
   local owner = redis.call('HGET', fit_key, 'owner') or ''
   redis.call('SREM', prefix .. 'active', id)
   redis.call('SREM', prefix .. 'active:' .. owner, id)
   if retention ~= '0' then redis.call('EXPIRE', fit_key, retention) end
+  queue_notification(fit_key, id, prefix)
 end
 local function drop_dedup(fit_key)
   local keys = cjson.decode(redis.call('HGET', fit_key, 'dedup') or '[]')
@@ -117,6 +177,7 @@ end
 # finish turns the flag into 'cancelled' atomically. Answers the status after the call.
 _CANCEL = (
     _FINAL_TAIL
+    + _NOTIFY
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' then
@@ -124,6 +185,7 @@ if status == 'queued' then
   redis.call('HDEL', KEYS[1], 'progress', 'cancel')
   leave_active(KEYS[1], ARGV[2], ARGV[3], ARGV[4])
   drop_dedup(KEYS[1])
+  notify(KEYS[1], ARGV[3] .. 'events:' .. ARGV[2])
   return 'cancelled'
 elseif status == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
@@ -138,6 +200,7 @@ return status or ''
 # Answers the final status, 'lost' (another run holds the fit) or the status it already had.
 _FINISH = (
     _FINAL_TAIL
+    + _NOTIFY
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'gone' end
@@ -154,13 +217,16 @@ redis.call('HDEL', KEYS[1], 'progress', 'cancel')
 redis.call('DEL', KEYS[2])
 leave_active(KEYS[1], ARGV[7], ARGV[5], ARGV[4])
 if final == 'cancelled' or ARGV[6] == '1' then drop_dedup(KEYS[1]) end
+notify(KEYS[1], ARGV[5] .. 'events:' .. ARGV[7])
 return final
 """
 )
 
 # Re-queue a fit whose worker was lost: only if it is still running, nobody holds it, and
 # its lock has been missing for the grace period (a live run retakes it well before).
-_REQUEUE = """
+_REQUEUE = (
+    _NOTIFY
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('DEL', KEYS[3])
   return 0
@@ -176,8 +242,10 @@ end
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[1], 'status', 'queued')
 redis.call('HDEL', KEYS[1], 'progress')
+notify(KEYS[1], ARGV[4])
 return 1
 """
+)
 
 # Release a lock only if this run still holds it.
 _RELEASE = """
@@ -187,7 +255,9 @@ return 0
 
 # The heartbeat: extend this run's lock (1); take it back if it lapsed while nobody else
 # took it and the fit is still in progress (2); else the run has lost the fit (0).
-_REFRESH = """
+_REFRESH = (
+    _NOTIFY
+    + """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -197,15 +267,21 @@ if holder then return 0 end
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'running' and status ~= 'queued' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if status == 'queued' then redis.call('HSET', KEYS[2], 'status', 'running') end
+if status == 'queued' then
+  redis.call('HSET', KEYS[2], 'status', 'running')
+  notify(KEYS[2], ARGV[3])
+end
 redis.call('DEL', KEYS[3])
 return 2
 """
+)
 
 # Delete a finished fit: its record, its listings and dedup keys; leave a tombstone.
 _DELETE = (
     _FINAL_TAIL
     + """
+local users = redis.call('SMEMBERS', ARGV[2] .. 'usedby:' .. ARGV[1])
+if #users > 0 then return users end
 local owner = redis.call('HGET', KEYS[1], 'owner') or ''
 drop_dedup(KEYS[1])
 redis.call('ZREM', ARGV[2] .. 'owned:' .. owner, ARGV[1])
@@ -214,9 +290,35 @@ redis.call('DEL', KEYS[1], ARGV[2] .. 'lock:' .. ARGV[1], ARGV[2] .. 'suspect:' 
 redis.call('ZREM', ARGV[2] .. 'fits', ARGV[1])
 redis.call('SREM', ARGV[2] .. 'active', ARGV[1])
 redis.call('SET', ARGV[2] .. 'gone:' .. ARGV[1], '1', 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[2] .. 'events:' .. ARGV[1], 0)
 return 1
 """
 )
+
+# The first attempt of a fit's notification is sent once: only while it is pending (in the
+# ``notify`` set), for the status the fit ended with, by the first caller.
+_CLAIM_NOTIFICATION = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[3], 'status') ~= ARGV[3] then return 0 end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return 1 end
+return 0
+"""
+
+# Write a notification's state (never recreating a deleted or expired record) and when its
+# next attempt is due ('' : none, it is over).
+_RECORD_NOTIFICATION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'notification', ARGV[1])
+if ARGV[2] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+else
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+end
+return 1
+"""
 
 
 def new_fit_id() -> str:
@@ -278,17 +380,28 @@ class JobStore:
         self._claim = redis.register_script(_CLAIM)
         self._create = redis.register_script(_CREATE)
         self._start = redis.register_script(_START)
+        self._progress = redis.register_script(_PROGRESS)
         self._cancel = redis.register_script(_CANCEL)
         self._finish = redis.register_script(_FINISH)
         self._requeue = redis.register_script(_REQUEUE)
         self._release = redis.register_script(_RELEASE)
         self._refresh = redis.register_script(_REFRESH)
         self._delete = redis.register_script(_DELETE)
+        self._claim_notification = redis.register_script(_CLAIM_NOTIFICATION)
+        self._record_notification = redis.register_script(_RECORD_NOTIFICATION)
 
     # ------------------------------------------------------------------------ key names
 
     def _key(self, fit_id: str) -> str:
         return f"{self.prefix}:fit:{fit_id}"
+
+    def record_key(self, fit_id: str) -> str:
+        """The key of the fit's record (a hash)."""
+        return self._key(fit_id)
+
+    def used_by_key(self, fit_id: str) -> str:
+        """The set of the named models that use the fit (``service.core.models``)."""
+        return f"{self.prefix}:usedby:{fit_id}"
 
     def _lock(self, fit_id: str) -> str:
         return f"{self.prefix}:lock:{fit_id}"
@@ -310,6 +423,19 @@ class JobStore:
 
     def _workers(self, queue: str) -> str:
         return f"{self.prefix}:workers:{queue}"
+
+    def events_channel(self, fit_id: str) -> str:
+        """The pub/sub channel where changes of the fit's status and progress are noticed."""
+        return f"{self.prefix}:events:{fit_id}"
+
+    @property
+    def events_pattern(self) -> str:
+        """The pattern matching every fit's events channel."""
+        return self.events_channel("*")
+
+    def fit_of_channel(self, channel: str) -> str:
+        """The fit id an events channel is about."""
+        return channel.removeprefix(self.events_channel(""))
 
     @property
     def _active(self) -> str:
@@ -349,9 +475,11 @@ class JobStore:
         owner: str = "",
         dedup: tuple[str, ...] = (),
         quota: FitQuota | None = None,
+        notify_url: str | None = None,
     ) -> bool | None:
         """Record a new fit as queued: True if this call created it, False if it existed
-        already, None if the id belongs to a deleted fit (it is never used again).
+        already, None if the id belongs to a deleted fit (it is never used again). A
+        ``notify_url`` is notified when the fit ends (``service.core.webhooks``).
 
         With a ``quota``, the owner's fits in progress and fits created this minute are
         checked and counted in the same atomic step (:class:`TooManyRequests` beyond), so
@@ -368,7 +496,10 @@ class JobStore:
             "n_dropped": spec.n_dropped,
             "sampler": spec.sampler.model_dump(),
             "created_at": now.isoformat(),
+            "request_id": current_request_id(),
         }
+        if notify_url is not None:
+            meta["notify_url"] = notify_url
         created = int(
             self._create(
                 keys=[
@@ -398,13 +529,20 @@ class JobStore:
             )
         if created == -3:
             raise TooManyRequests(f"over {quota.per_minute} fits a minute", retry_after=reset_s)
+        if created == 1:
+            RECORDER.inc(FITS_SUBMITTED)
         return None if created < 0 else bool(created)
 
     def get(self, fit_id: str) -> FitResource | None:
         """The fit's record, or None if there is no such fit."""
+        return self.get_versioned(fit_id)[0]
+
+    def get_versioned(self, fit_id: str) -> tuple[FitResource | None, int]:
+        """The fit's record (None if there is no such fit) and how many changes of its
+        status or progress were published so far (event streams number events by it)."""
         raw: dict[bytes, bytes] = self.redis.hgetall(self._key(fit_id))  # type: ignore[assignment]
         if not raw or b"meta" not in raw:
-            return None
+            return None, 0
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         meta = json.loads(fields["meta"])
 
@@ -412,7 +550,7 @@ class JobStore:
             value = fields.get(name)
             return json.loads(value) if value else None
 
-        return FitResource(
+        record = FitResource(
             id=fit_id,
             status=FitStatus(fields["status"]),
             name=meta["name"],
@@ -429,7 +567,10 @@ class JobStore:
             timings=Timings(**(load("timings") or {})),
             versions=load("versions") or {},
             error=FitError(**load("error")) if load("error") else None,
+            request_id=meta.get("request_id"),
+            notification=_notification(meta.get("notify_url"), load("notification")),
         )
+        return record, int(fields.get("events", 0))
 
     def status(self, fit_id: str) -> FitStatus | None:
         """Just the status (cheap), or None for an unknown fit."""
@@ -439,6 +580,10 @@ class JobStore:
     def active_count(self, owner: str) -> int:
         """How many of ``owner``'s fits are queued or running."""
         return int(self.redis.scard(self._active_of(owner)))
+
+    def in_progress(self) -> int:
+        """How many fits are queued or running, of every owner."""
+        return int(self.redis.scard(self._active))
 
     def owner(self, fit_id: str) -> str | None:
         """Who created the fit (an API key's digest; empty without keys), None if unknown."""
@@ -514,7 +659,7 @@ class JobStore:
         return bool(
             self._requeue(
                 keys=[self._key(fit_id), self._lock(fit_id), self._suspect(fit_id)],
-                args=[now, grace_s, int(grace_s * 10) + 60],
+                args=[now, grace_s, int(grace_s * 10) + 60, self.events_channel(fit_id)],
             )
         )
 
@@ -536,12 +681,19 @@ class JobStore:
         self.redis.srem(self._active, fit_id)
         self.redis.srem(self._active_of(owner), fit_id)
 
-    def delete(self, fit_id: str) -> None:
-        """Forget a fit entirely; its id is never used again."""
-        self._delete(
+    def delete(self, fit_id: str) -> list[str]:
+        """Forget a fit entirely; its id is never used again. Refused, in the same atomic
+        step, while named models use it: then the names of those models (else [])."""
+        answer = self._delete(
             keys=[self._key(fit_id)],
             args=[fit_id, f"{self.prefix}:", self.retention_s or 7 * 24 * 3600],
         )
+        return sorted(name.decode() for name in answer) if isinstance(answer, list) else []
+
+    def models_using(self, fit_id: str) -> list[str]:
+        """The names of the named models whose versions serve the fit."""
+        names = self.redis.smembers(self.used_by_key(fit_id))
+        return sorted(name.decode() for name in names)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------------ runs
 
@@ -554,7 +706,7 @@ class JobStore:
         answer = int(
             self._refresh(
                 keys=[self._lock(fit_id), self._key(fit_id), self._suspect(fit_id)],
-                args=[token, ttl_s],
+                args=[token, ttl_s, self.events_channel(fit_id)],
             )
         )
         return {1: Refresh.EXTENDED, 2: Refresh.RETAKEN}.get(answer, Refresh.LOST)
@@ -569,12 +721,19 @@ class JobStore:
 
     def start_attempt(self, fit_id: str) -> int | None:
         """Mark the fit running and return the attempt number; None if it was cancelled."""
-        attempts = int(self._start(keys=[self._key(fit_id)], args=[utcnow().isoformat()]))
+        attempts = int(
+            self._start(
+                keys=[self._key(fit_id)], args=[utcnow().isoformat(), self.events_channel(fit_id)]
+            )
+        )
         return None if attempts < 0 else attempts
 
     def set_progress(self, fit_id: str, progress: Progress) -> None:
-        """Replace the progress of a running fit."""
-        self.redis.hset(self._key(fit_id), "progress", progress.model_dump_json())
+        """Replace the progress of a running fit (and notice it on the fit's channel)."""
+        self._progress(
+            keys=[self._key(fit_id)],
+            args=[progress.model_dump_json(), self.events_channel(fit_id)],
+        )
 
     def request_cancel(self, fit_id: str) -> FitStatus | None:
         """Cancel a queued fit now, or flag a running one; the status after the call."""
@@ -626,6 +785,58 @@ class JobStore:
         text = answer.decode() if isinstance(answer, bytes) else str(answer)
         return None if text in ("lost", "gone") else FitStatus(text)
 
+    # -------------------------------------------------------------------- notifications
+
+    @property
+    def _outbox(self) -> str:
+        return f"{self.prefix}:notify"
+
+    def claim_notification(self, fit_id: str, status: FitStatus) -> bool:
+        """Whether this caller sends the first attempt of the notification of the fit's
+        final ``status``: True once, and only if the fit ended so and has a pending
+        notification."""
+        key = f"{self.prefix}:notify:sent:{fit_id}:{status.value}"
+        ttl = self.retention_s or 7 * 24 * 3600
+        return bool(
+            self._claim_notification(
+                keys=[self._outbox, key, self._key(fit_id)], args=[fit_id, ttl, status.value]
+            )
+        )
+
+    def notifications_due(self, before: float, limit: int = 100) -> list[str]:
+        """Fits whose notification's next attempt was due before ``before`` (seconds)."""
+        ids = self.redis.zrangebyscore(self._outbox, "-inf", before, start=0, num=limit)
+        return [i.decode() for i in ids]  # type: ignore[union-attr]
+
+    def schedule_notification(self, fit_id: str, due: float) -> None:
+        """Move a pending notification's next attempt to ``due`` (seconds since the epoch)."""
+        self.redis.zadd(self._outbox, {fit_id: due}, xx=True)
+
+    def record_notification(
+        self, fit_id: str, notification: Notification, due: float | None
+    ) -> bool:
+        """Store a notification's state and when its next attempt is due (None: it is
+        over); False if the fit is gone."""
+        return bool(
+            self._record_notification(
+                keys=[self._key(fit_id), self._outbox],
+                args=[notification.model_dump_json(), "" if due is None else due, fit_id],
+            )
+        )
+
+    def drop_notification(self, fit_id: str) -> None:
+        """Forget a notification that has nothing left to send."""
+        self.redis.zrem(self._outbox, fit_id)
+
+    def lock_notification(self, fit_id: str, token: str, ttl_s: int) -> bool:
+        """Take the lock of an attempt at the fit's notification; False if one is running."""
+        key = f"{self.prefix}:notify:lock:{fit_id}"
+        return bool(self.redis.set(key, token, nx=True, ex=ttl_s))
+
+    def unlock_notification(self, fit_id: str, token: str) -> None:
+        """Give that lock back if this attempt holds it."""
+        self._release(keys=[f"{self.prefix}:notify:lock:{fit_id}"], args=[token])
+
     # ------------------------------------------------------------------ worker presence
 
     def announce_worker(self, queue: str, worker: str, ttl_s: float) -> None:
@@ -648,3 +859,10 @@ class JobStore:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _notification(url: str | None, state: dict[str, Any] | None) -> Notification | None:
+    """A fit's notification: its stored state, or pending when no attempt was made yet."""
+    if state is not None:
+        return Notification(**state)
+    return Notification(url=url) if url is not None else None

@@ -13,6 +13,8 @@ reply envelope, encoded and decoded by the code here on both sides.
     CompareCall     hbm.compare    Comparison of fits by their LOO
     FileCall        (its own)      FileWritten: the worker wrote a file beside the fit's
                                    results (a plot, a draws export) under ``file_name()``
+    PlotCall        hbm.plot       FileWritten: a picture of the fit (PNG or SVG)
+    DrawsCall       hbm.draws      FileWritten: the posterior draws (netCDF, CSV, Parquet)
 
 A ``FileCall``'s file is named by a digest of the call, so both sides know it before it
 exists: the API serves it from storage when it is there, and asks a worker to write it
@@ -41,7 +43,16 @@ from service.core.errors import (
     ServiceError,
     Unavailable,
 )
-from service.core.schemas import Columns, FitSpec, IntervalKind, PpcStatName
+from service.core.schemas import (
+    Columns,
+    DrawsFormat,
+    DrawsLayout,
+    FitSpec,
+    IntervalKind,
+    PlotFormat,
+    PlotKind,
+    PpcStatName,
+)
 
 FIT_TASK = "hbm.fit"
 #: How long a reply waits in Redis for the API to collect it.
@@ -151,6 +162,45 @@ class FileCall(FittedCall):
         return f"{self.prefix}-{digest}.{self.extension()}"
 
 
+class PlotCall(FileCall):
+    """A picture of the fit drawn by a worker: ``kind`` as PNG or SVG (the same call, the
+    same bytes). ``var``, ``factor`` and ``page`` choose what it shows (empty or None: the
+    kind's default); ``prob`` is its intervals' probability."""
+
+    task: ClassVar[str] = "hbm.plot"
+    prefix: ClassVar[str] = "plot"
+    kind: PlotKind
+    format: PlotFormat
+    var: tuple[str, ...] = ()
+    factor: str | None = None
+    prob: float = Field(gt=0, lt=1)
+    page: int | None = Field(default=None, ge=1)
+
+    def extension(self) -> str:
+        """The file's extension: its format."""
+        return self.format
+
+
+class DrawsCall(FileCall):
+    """The posterior draws as a file (see ``worker.outputs.draws``): the variables named in
+    ``var`` (empty: every parameter of the summary, and the group effects with ``groups``),
+    every ``thin``-th draw, the sampler statistics with ``sample_stats``. ``layout`` is CSV's
+    and Parquet's (netCDF keeps each variable's shape)."""
+
+    task: ClassVar[str] = "hbm.draws"
+    prefix: ClassVar[str] = "draws"
+    format: DrawsFormat
+    var: tuple[str, ...] = ()
+    thin: int = Field(default=1, ge=1)
+    layout: DrawsLayout = "wide"
+    groups: bool = False
+    sample_stats: bool = False
+
+    def extension(self) -> str:
+        """The file's extension: ``nc``, ``csv`` or ``parquet``."""
+        return "nc" if self.format == "netcdf" else self.format
+
+
 class FileWritten(BaseModel):
     """A FileCall's answer: the file now stored, and its size."""
 
@@ -166,6 +216,8 @@ CALLS: tuple[type[Call], ...] = (
     LooCall,
     PpcCall,
     CompareCall,
+    PlotCall,
+    DrawsCall,
 )
 
 

@@ -155,6 +155,14 @@ class FitRequest(ModelRequest):
 
     sampler: SamplerSettings = Field(default_factory=SamplerSettings)
     name: str | None = Field(default=None, max_length=200)
+    notify_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="POST the fit here when it ends (succeeded, failed, cancelled), signed "
+        "with your key's secret (GET /v1/webhooks/secret): an http(s) URL whose host the "
+        "service allows.",
+        examples=["https://example.org/hooks/fits"],
+    )
 
 
 class FitSpec(BaseModel):
@@ -257,6 +265,27 @@ class FitError(BaseModel):
     message: str
 
 
+class NotificationStatus(StrEnum):
+    """Where a fit's notification (its ``notify_url``) stands."""
+
+    PENDING = "pending"  # the fit has not ended, or the next attempt is due
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    FAILED = "failed"  # every attempt failed, or the receiver answered a final 4xx or 3xx
+    REFUSED = "refused"  # its host or an address it resolved to is not allowed: never sent
+
+
+class Notification(BaseModel):
+    """The delivery of a fit's notification: one POST when the fit ends, retried."""
+
+    url: str
+    status: NotificationStatus = NotificationStatus.PENDING
+    attempts: int = 0
+    last_status_code: int | None = Field(default=None, description="The receiver's last answer.")
+    last_error: str | None = Field(default=None, description="Why the last attempt failed.")
+    delivered_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+
 class FitResource(BaseModel):
     """A fit: its request, status, progress, timings and, once failed, its error."""
 
@@ -276,7 +305,35 @@ class FitResource(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     versions: dict[str, str] = Field(default_factory=dict)
     error: FitError | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="The X-Request-ID of the request that created the fit: the service's "
+        "log lines about the fit carry it.",
+    )
+    notification: Notification | None = Field(
+        default=None, description="The delivery of its notify_url, when the request had one."
+    )
     links: dict[str, str] = Field(default_factory=dict)
+
+    def with_links(self) -> FitResource:
+        """The record with the links of its resources (what GET /v1/fits/{id} answers)."""
+        base = f"/v1/fits/{self.id}"
+        self.links = {"self": base, "report": f"{base}/report", "events": f"{base}/events"}
+        if self.status is FitStatus.SUCCEEDED:
+            names = ("summary", "diagnostics", "predictions", "priors", "loo", "ppc", "draws")
+            self.links |= {name: f"{base}/{name}" for name in names}
+            self.links["plots"] = f"{base}/plots/{{kind}}"  # a URI template: kind is PlotKind
+        return self
+
+
+class WebhookSecret(BaseModel):
+    """How your notifications are signed, and the secret to check them with."""
+
+    secret: str = Field(description="Your key's signing secret (HMAC-SHA256 key).")
+    signature_header: str = "X-Signature"
+    timestamp_header: str = "X-Hbm-Timestamp"
+    signed: str = Field(description="What is signed: sha256=hex(HMAC-SHA256(secret, this)).")
+    tolerance_s: int = Field(description="Refuse notifications whose timestamp is older.")
 
 
 # ------------------------------------------------------------------------------ results
@@ -625,6 +682,12 @@ class Comparison(BaseModel):
 
 #: Test statistics a posterior predictive check computes over rows (the route's ``stat``).
 PpcStatName = Literal["mean", "sd", "min", "max", "median", "q05", "q95"]
+#: The pictures of a fit ``GET /v1/fits/{id}/plots/{kind}`` draws.
+PlotKind = Literal["trace", "forest", "caterpillar", "shrinkage", "ppc", "loo_pit", "pareto_k"]
+PlotFormat = Literal["png", "svg"]
+#: The files ``GET /v1/fits/{id}/draws`` exports, and how CSV and Parquet lay them out.
+DrawsFormat = Literal["netcdf", "csv", "parquet"]
+DrawsLayout = Literal["long", "wide"]
 
 
 class PpcStatistic(BaseModel):
@@ -685,3 +748,87 @@ class Ppc(BaseModel):
     categories: list[PpcCategory] | None = Field(
         default=None, description="Ordinal responses: the proportion of rows in each category."
     )
+
+
+# ------------------------------------------------------------------------- named models
+
+
+class PromoteRequest(Strict):
+    """Make a fit the next version of a named model (``PUT /v1/models/{name}``)."""
+
+    fit_id: str = Field(max_length=64, description="One of your succeeded fits.")
+    force: bool = Field(
+        default=False,
+        description="Promote a fit whose diagnostics verdict is fail (recorded in the history).",
+    )
+    note: str | None = Field(default=None, max_length=500, description="Why, in words.")
+
+
+class RollbackRequest(Strict):
+    """Make an earlier version current again (``POST /v1/models/{name}/rollback``)."""
+
+    to_version: int | None = Field(
+        default=None, ge=1, description="The version to serve (default: current - 1)."
+    )
+
+
+class NamedModelVersion(BaseModel):
+    """One version of a named model: the fit it serves, and its promotion."""
+
+    version: int
+    fit_id: str
+    formula: str
+    family: str
+    verdict: str | None = Field(description="The fit's diagnostics verdict when promoted.")
+    forced: bool = Field(description="Promoted despite a fail verdict (force: true).")
+    note: str | None = None
+    promoted_by: str = Field(description="The promoting key's digest prefix, or anonymous.")
+    promoted_at: datetime
+
+
+class NamedModelEvent(BaseModel):
+    """One change of a named model's current version, in the order they happened."""
+
+    action: Literal["promote", "rollback"]
+    version: int = Field(description="The version current after the change.")
+    fit_id: str
+    from_version: int | None = Field(description="The version current before (None: none).")
+    forced: bool = False
+    note: str | None = None
+    by: str = Field(description="The key's digest prefix, or anonymous.")
+    at: datetime
+
+
+class NamedModelSummary(BaseModel):
+    """A named model as ``GET /v1/models`` lists it."""
+
+    name: str
+    version: int = Field(description="The current version.")
+    fit_id: str = Field(description="The fit the current version serves.")
+    formula: str
+    family: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class NamedModel(NamedModelSummary):
+    """A named model: its current version, every version, and the history of changes."""
+
+    versions: list[NamedModelVersion] = Field(description="Every version, oldest first.")
+    history: list[NamedModelEvent] = Field(description="Promotions and rollbacks, in order.")
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelRef(BaseModel):
+    """Which named model, version and fit answered a request."""
+
+    name: str
+    version: int
+    fit_id: str
+
+
+class ModelPredictions(Predictions):
+    """Predictions of a named model's current version (resolved once, at the request's
+    start), saying which version and fit answered."""
+
+    model: ModelRef

@@ -10,20 +10,29 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Every tunable of the service. Environment variables override the defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="HBM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HBM_", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("HBM_REDIS_URL", "REDIS_URL"),
-        description="Redis holding job records and the Celery broker queues.",
+        description="Redis holding job records, call replies and (unless HBM_BROKER_URL "
+        "names another broker) the Celery queues.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery's broker. None or empty: the Redis at REDIS_URL. "
+        "amqp://user:password@host:5672/vhost: RabbitMQ (acknowledgements instead of a "
+        "visibility timeout; see docs/operations.md#rabbitmq). Job records and replies stay "
+        "in Redis.",
     )
     host: str = Field(
         default="0.0.0.0",
@@ -40,6 +49,11 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("HBM_LOG_LEVEL", "LOG_LEVEL"),
         description="The API server's log level (debug, info, warning, error).",
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines of the API and the workers: text (each server's own) or json "
+        "(one object a line: time, level, logger, message, request_id, fit_id, exception).",
+    )
     api_workers: int = Field(
         default=1,
         ge=1,
@@ -47,8 +61,24 @@ class Settings(BaseSettings):
         "more cores (compose runs 2).",
     )
     data_dir: Path = Field(
-        default=Path("var/data"), description="Where requests and posteriors are stored."
+        default=Path("var/data"),
+        description="Where requests and posteriors are stored, unless storage_url names "
+        "an object store.",
     )
+    storage_url: str = Field(
+        default="",
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,62}(/[^\s]*)?)?$",
+        description="s3://bucket/prefix: every fit file in an S3-compatible bucket (AWS S3, "
+        "MinIO, Ceph), shared by API and workers on any host; empty: the local data_dir.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="The object store's endpoint (MinIO, Ceph); none: AWS."
+    )
+    s3_access_key_id: str | None = Field(default=None, description="Object store key id.")
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="Object store secret key."
+    )
+    s3_region: str | None = Field(default=None, description="Object store region.")
     fit_queue: str = Field(default="hbm.fits", description="Broker queue of fits.")
     interactive_queue: str = Field(
         default="hbm.interactive",
@@ -93,6 +123,14 @@ class Settings(BaseSettings):
         "Time grows with it (measured for y ~ x + (1 | g): 1e8 took 9 s for means and 17 s "
         "for new responses), so the default keeps one request well inside reply_timeout_s "
         "for larger models too: 25,000 rows at 4 chains x 1,000 draws.",
+    )
+    max_export_values: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Most values in one draws export (GET /v1/fits/{id}/draws): chains x kept "
+        "draws x (parameters' scalars + sampler statistics), counted by the worker before it "
+        "writes. The slowest format, long CSV, is written at about 2 million values a second "
+        "(about 38 bytes each): the default keeps an export inside reply_timeout_s.",
     )
 
     # Sampler defaults (what rstanarm users expect: 4 chains, 1000 draws, 1000 tuning).
@@ -185,6 +223,29 @@ class Settings(BaseSettings):
         description="Compile a tiny model at worker start (set by 'python -m worker fits').",
     )
 
+    # Live event streams (GET /v1/fits/{id}/events).
+    events_heartbeat_s: float = Field(
+        default=15.0, gt=0, description="Seconds between heartbeats (SSE comments) of a stream."
+    )
+    events_max_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A stream closes after this long (a browser's EventSource reconnects).",
+    )
+    max_streams_per_key: int = Field(
+        default=10, ge=1, description="Event streams one key may hold open per API process (429)."
+    )
+
+    # Operations.
+    metrics_enabled: bool = Field(
+        default=True, description="Serve GET /metrics (Prometheus text format)."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set (not empty), GET /metrics needs 'Authorization: Bearer <token>' "
+        "(401 otherwise). Set it when the API is reachable from outside.",
+    )
+
     # Security.
     api_key_hashes: list[str] = Field(
         default_factory=list,
@@ -197,6 +258,65 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=64 * 1024**2, description="Largest request body.")
     cors_origins: list[str] = Field(default_factory=list, description="Empty: CORS off.")
+
+    # Webhooks (a fit's notify_url; see service.core.webhooks and docs/operations.md).
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts a fit's notify_url may name (JSON list or comma-separated; "
+        "'*.example.org' allows its subdomains). Empty: webhooks are off (a notify_url is a "
+        "422).",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let notifications reach loopback, private, link-local and other "
+        "non-public addresses (tests, private networks). Off: such addresses are refused at "
+        "submission (IP literals) and at every attempt (each address a name resolves to).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Master secret of webhook signatures (at least 32 characters; required "
+        "when webhooks are on): each key signs with HMAC-SHA256(this, 'hbm-webhook:' + key "
+        "digest), shown by GET /v1/webhooks/secret.",
+    )
+    webhook_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts of one notification before it fails."
+    )
+    webhook_backoff_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait before a notification's second attempt; doubled for each further one.",
+    )
+    webhook_backoff_cap_s: float = Field(
+        default=300.0, gt=0, description="Longest wait between two attempts of a notification."
+    )
+    notify_queue: str = Field(
+        default="hbm.notify",
+        description="Broker queue of webhook deliveries (consumed by interactive workers).",
+    )
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """A JSON list, or hosts separated by commas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [host.strip() for host in text.split(",") if host.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_secret_when_on(self) -> Settings:
+        """Webhooks on need a signing secret that all processes share (a random one per
+        process would make signatures that nobody can check)."""
+        if self.webhook_allowed_hosts and (
+            self.webhook_secret is None or len(self.webhook_secret.get_secret_value()) < 32
+        ):
+            raise ValueError(
+                "HBM_WEBHOOK_SECRET (at least 32 characters) is required when "
+                "HBM_WEBHOOK_ALLOWED_HOSTS is set"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

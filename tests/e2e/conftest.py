@@ -90,3 +90,20 @@ def wait_for_fit(client: httpx.Client, location: str, timeout_s: float = 300) ->
             return fit
         time.sleep(0.3)
     raise AssertionError(f"fit {location} did not finish in {timeout_s} s")
+
+
+def fit_seed_study(
+    client: httpx.Client, records: list[dict[str, Any]], seed: int, **sampler: int
+) -> dict[str, Any]:
+    """Fit the seed study's partial pooling model, ``score ~ (1 | school)``, with small
+    draws (``QUICK``, overridden by ``sampler``); its record once it succeeded."""
+    body = {
+        "data": records,
+        "formula": "score ~ (1 | school)",
+        "sampler": QUICK | sampler | {"seed": seed},
+    }
+    response = client.post("/v1/fits", json=body)
+    assert response.status_code == 202, response.text
+    fit = wait_for_fit(client, response.headers["location"])
+    assert fit["status"] == "succeeded", fit
+    return fit

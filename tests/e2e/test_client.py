@@ -1,6 +1,7 @@
 """The Python client (``client/``, ``hbm_client``) against a real deployment: the seed
 study's ``score ~ (1 | school)`` fitted from a DataFrame, its results as DataFrames,
-refusals as exceptions naming the field, and the async client doing the same."""
+refusals as exceptions naming the field, a named model's round trip, and the async client
+doing the same."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pandas
 import pytest
-from hbm_client import AsyncClient, Client, Fit, InvalidRequest, NotFound, Sampler
+from hbm_client import AsyncClient, Client, Conflict, Fit, InvalidRequest, NotFound, Sampler
 
 from tests.e2e.conftest import QUICK, Deployment
 
@@ -78,6 +79,28 @@ def test_an_unknown_fit_raises_not_found(hbm: Client) -> None:
     with pytest.raises(NotFound) as raised:
         hbm.get_fit("0" * 32)
     assert raised.value.status == 404
+
+
+def test_a_fit_promoted_under_a_name_is_served_by_it_until_the_name_is_deleted(
+    hbm: Client, seed_fit: Fit
+) -> None:
+    model = hbm.models.promote("client-seed", seed_fit, note="the seed study")
+    assert (model.version, model.fit_id, model.current.note) == (1, seed_fit.id, "the seed study")
+    assert hbm.models.get("client-seed").history[0].action == "promote"
+    assert "client-seed" in {m.name for m in hbm.models.list(limit=100)}
+    predictions = hbm.models.predict("client-seed", {"school": [3, 101]}, seed=1)
+    assert (predictions.model.version, predictions.model.fit_id) == (1, seed_fit.id)
+    direct = seed_fit.predict({"school": [3, 101]}, seed=1)
+    assert predictions.to_frame()["mean"].tolist() == direct.to_frame()["mean"].tolist()
+    with pytest.raises(Conflict):
+        hbm.models.rollback("client-seed")  # version 1 has nothing before it
+    with pytest.raises(Conflict) as in_use:
+        seed_fit.delete()
+    assert "client-seed" in in_use.value.detail
+    hbm.models.delete("client-seed")
+    with pytest.raises(NotFound):
+        hbm.models.get("client-seed")
+    assert seed_fit.refresh().status == "succeeded"  # the fit stays
 
 
 def test_the_async_client_fits_reads_and_deletes(

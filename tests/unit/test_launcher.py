@@ -7,18 +7,27 @@ write their pid to a file and sleep, so a test can kill them and watch what come
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from service.launcher import api_notice, service_children
+from service.launcher import (
+    api_notice,
+    free_port,
+    say_when_ready,
+    service_children,
+    wait_until_ready,
+)
 from tests.conftest import ROOT
 
 #: Runs a Supervisor over the children and policy given as JSON in argv[1].
@@ -209,3 +218,60 @@ def test_a_host_set_in_the_environment_is_kept_for_the_api() -> None:
 
     assert api.env is not None and api.env["HOST"] == "0.0.0.0"
     assert "no API key asked" in api_notice(api.env)
+
+
+class Readiness(http.server.BaseHTTPRequestHandler):
+    """``/v1/readyz`` answering 503 (workers still warming up) ``not_ready`` times, then 200."""
+
+    not_ready: ClassVar[int] = 0
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).asked.append(self.path)
+        ready = len(self.asked) > self.not_ready
+        self.send_response(200 if ready else 503)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def readiness() -> Iterator[tuple[str, type[Readiness]]]:
+    """A local server standing in for the API, and its handler class (to set and read)."""
+    handler = type("Handler", (Readiness,), {"asked": [], "not_ready": 2})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_launcher_waits_until_readyz_answers_200_then_says_ready_with_the_url(
+    readiness: tuple[str, type[Readiness]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, handler = readiness
+
+    say_when_ready(url, timeout_s=30, poll_s=0.05).join(timeout=30)
+
+    assert handler.asked == ["/v1/readyz"] * 3  # 503, 503, then 200
+    said = capsys.readouterr().err
+    assert f"launcher: ready: the API answers on {url} (docs: {url}/docs)" in said
+
+
+def test_the_launcher_says_when_the_service_did_not_get_ready_in_time(
+    readiness: tuple[str, type[Readiness]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, handler = readiness
+    handler.not_ready = 10**6
+
+    assert wait_until_ready(url, timeout_s=0.3, poll_s=0.05) is False
+    say_when_ready(url, timeout_s=0.2, poll_s=0.05).join(timeout=30)
+
+    assert len(handler.asked) >= 2
+    assert f"not ready after 0 s: see {url}/v1/readyz" in capsys.readouterr().err
+
+
+def test_readiness_is_waited_for_while_nothing_listens_yet() -> None:
+    assert wait_until_ready(f"http://127.0.0.1:{free_port()}", timeout_s=0.2, poll_s=0.05) is False

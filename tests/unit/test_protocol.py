@@ -20,9 +20,11 @@ from service.core.protocol import (
     Call,
     CompareCall,
     DescribeCall,
+    DrawsCall,
     FitRef,
     GroupsCall,
     LooCall,
+    PlotCall,
     PpcCall,
     PredictCall,
     SummaryCall,
@@ -52,6 +54,16 @@ def examples() -> list[Call]:
         LooCall(**fitted),
         PpcCall(**fitted, stat="q95", by="school", interval="eti", prob=0.9, seed=1),
         CompareCall(fits=(FitRef(**fitted), FitRef(fit_id="b" * 32, revision="r"))),
+        PlotCall(**fitted, kind="caterpillar", format="svg", factor="school", prob=0.9, page=2),
+        DrawsCall(
+            **fitted,
+            format="parquet",
+            var=("sigma",),
+            thin=2,
+            layout="long",
+            groups=True,
+            sample_stats=True,
+        ),
     ]
 
 

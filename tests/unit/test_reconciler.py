@@ -15,6 +15,7 @@ from service.core.artifacts import Artifacts
 from service.core.jobs import JobStore, new_fit_id
 from service.core.schemas import FitSpec, FitStatus, ResolvedSampler
 from tests.conftest import clean_redis, redis_url
+from tests.support.files import fit_folder
 
 QUEUE = "hbm.fits"
 
@@ -144,10 +145,10 @@ def test_fit_folders_without_a_record_are_swept_once_old(redis: Redis, tmp_path:
         artifacts.write_spec(fit_id, spec())
     old = time.time() - 3600
     for fit_id in (recorded, orphan):
-        os.utime(artifacts.fit_dir(fit_id), (old, old))
+        os.utime(fit_folder(artifacts, fit_id), (old, old))
     outcome = reconcile_once(
         store, artifacts, lambda _: None, queue=QUEUE, retention_s=3600, sweep_folders=True
     )
     assert outcome.swept == [orphan]
-    assert artifacts.fit_dir(recorded).exists() and artifacts.fit_dir(young).exists()
-    assert not artifacts.fit_dir(orphan).exists()
+    assert fit_folder(artifacts, recorded).exists() and fit_folder(artifacts, young).exists()
+    assert not fit_folder(artifacts, orphan).exists()

@@ -24,7 +24,7 @@ factor, T is taken over the level's rows alone.
 Memory and time. T of one draw needs all rows of that draw at once, so the work goes in
 chunks of draws (one chain's consecutive draws) whose (draws x rows) arrays fit in
 :data:`CHUNK_BUDGET_BYTES`, counted as predictions count them. Responses are drawn by
-Bambi (``family.posterior_predictive``; ordinal categories here, see ``_responses``) in
+Bambi (``family.posterior_predictive``; ordinal categories here, see ``replicated_responses``) in
 blocks of :func:`block_draws` draws, each with a generator seeded by (seed, chain, block);
 chunks are whole blocks. Bambi seeds its graph
 afresh in every call, so a generator shared by the chunks would draw other numbers for
@@ -131,7 +131,7 @@ class _Statistic:
 
 
 @dataclass(frozen=True)
-class _Response:
+class ObservedResponse:
     """The observed response as the statistics see it: values (successes of a binomial,
     0-based positions of an ordinal), a binomial's trials, an ordinal's categories."""
 
@@ -170,7 +170,7 @@ def posterior_predictive_check(
     kind = family_named(family).response
     statistic = _statistic(kind, stat)
     posterior = thinned(posterior, MAX_DRAWS)
-    response = _observed(model, data, kind)
+    response = observed_response(model, data, kind)
     levels = None if by is None else _levels(model, posterior, data, by, stat, response)
     observed = _statistics(response.y[None, :], response, statistic, levels)[0]
     if not np.isfinite(observed[0]):
@@ -229,16 +229,16 @@ def _statistic(kind: str, stat: str) -> _Statistic:
     return _Statistic(stat, f"{WORDS[stat]} of the response", STATISTICS[stat])
 
 
-def _observed(model: bmb.Model, data: pd.DataFrame, kind: str) -> _Response:
+def observed_response(model: bmb.Model, data: pd.DataFrame, kind: str) -> ObservedResponse:
     """The response of ``data`` as the statistics see it."""
     raw = np.asarray(response_evaluate_new_data(model, data))
     if kind == "binomial":  # columns: successes, trials
-        return _Response(raw[:, 0].astype(float), raw[:, 1].astype(float))
+        return ObservedResponse(raw[:, 0].astype(float), raw[:, 1].astype(float))
     if kind == "ordinal":  # one indicator column per category
         positions = raw.argmax(axis=1) if raw.ndim == 2 else raw
         levels = [str(level) for level in model.response_term.levels]
-        return _Response(positions.astype(float), categories=levels)
-    return _Response(raw.reshape(-1).astype(float))
+        return ObservedResponse(positions.astype(float), categories=levels)
+    return ObservedResponse(raw.reshape(-1).astype(float))
 
 
 def block_draws(n_rows: int) -> int:
@@ -264,7 +264,7 @@ def _replicated(
     model: bmb.Model,
     posterior: xr.Dataset,
     data: pd.DataFrame,
-    response: _Response,
+    response: ObservedResponse,
     statistic: _Statistic,
     levels: _Levels | None,
     seed: int,
@@ -283,7 +283,9 @@ def _replicated(
                 spawn = (chain, first // block)
                 rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=spawn))
                 subset = extended.isel(draw=slice(first - start, last - start))
-                y = _responses(model, subset, data, rng, response).reshape(last - first, n)
+                y = replicated_responses(model, subset, data, rng, response).reshape(
+                    last - first, n
+                )
                 t = _statistics(y, response, statistic, levels)
                 if result is None:
                     result = np.empty((chains * draws, t.shape[1]))
@@ -295,12 +297,12 @@ def _replicated(
     return result
 
 
-def _responses(
+def replicated_responses(
     model: bmb.Model,
     extended: xr.Dataset,
     data: pd.DataFrame,
     rng: np.random.Generator,
-    response: _Response,
+    response: ObservedResponse,
 ) -> np.ndarray:
     """Draws (chain, draw, row) of responses, as floats.
 
@@ -319,7 +321,7 @@ def _responses(
 
 
 def _statistics(
-    y: np.ndarray, response: _Response, statistic: _Statistic, levels: _Levels | None
+    y: np.ndarray, response: ObservedResponse, statistic: _Statistic, levels: _Levels | None
 ) -> np.ndarray:
     """T of each draw of ``y`` (draws x rows): overall, per reported level, per category.
 
@@ -388,7 +390,7 @@ def _levels(
     data: pd.DataFrame,
     by: str,
     stat: str,
-    response: _Response,
+    response: ObservedResponse,
 ) -> _Levels:
     """The levels of ``by`` where T is defined: all up to ``MAX_LEVELS``, else the
     ``MAX_LEVELS`` with the most rows; in the factor's order."""

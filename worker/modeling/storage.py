@@ -58,15 +58,13 @@ def save_posterior(
 def load_posterior(artifacts: Artifacts, fit_id: str) -> tuple[xr.Dataset, xr.Dataset]:
     """The stored posterior and sampler statistics (as floats), loaded into memory;
     DamagedResults if the file is not a readable posterior."""
-    path = artifacts.path(fit_id, POSTERIOR_FILE)
-    if not path.exists():
-        raise FileNotFoundError(path)
-    try:
-        with xr.open_datatree(path, engine="h5netcdf") as tree:
-            posterior = tree["posterior"].to_dataset().load()
-            stats = tree["sample_stats"].to_dataset().load()
-    except (OSError, ValueError, KeyError) as exc:
-        raise artifacts.damaged(fit_id, POSTERIOR_FILE) from exc
+    with artifacts.local_copy(fit_id, POSTERIOR_FILE) as path:
+        try:
+            with xr.open_datatree(path, engine="h5netcdf") as tree:
+                posterior = tree["posterior"].to_dataset().load()
+                stats = tree["sample_stats"].to_dataset().load()
+        except (OSError, ValueError, KeyError) as exc:
+            raise artifacts.damaged(fit_id, POSTERIOR_FILE) from exc
     return posterior, _unpacked(stats)
 
 

@@ -28,17 +28,25 @@ from hbm_client._models import (
     FitResource,
     GroupEffects,
     Loo,
+    ModelEvent,
+    ModelPredictions,
+    ModelRef,
+    ModelSummary,
+    ModelVersion,
+    NamedModel,
     ParameterSummary,
     Ppc,
     Predictions,
     Summary,
 )
+from hbm_client._named import AsyncModels, Models
 from hbm_client._requests import Prior, Sampler
 from hbm_client._retry import RetryPolicy
 
 __all__ = [
     "AsyncClient",
     "AsyncFit",
+    "AsyncModels",
     "Client",
     "Comparison",
     "Conflict",
@@ -51,6 +59,13 @@ __all__ = [
     "HbmError",
     "InvalidRequest",
     "Loo",
+    "ModelEvent",
+    "ModelPredictions",
+    "ModelRef",
+    "ModelSummary",
+    "ModelVersion",
+    "Models",
+    "NamedModel",
     "NotFound",
     "NotReady",
     "ParameterSummary",

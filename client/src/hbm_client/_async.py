@@ -21,6 +21,7 @@ from hbm_client._models import (
     Predictions,
     Summary,
 )
+from hbm_client._named import AsyncModels
 from hbm_client._plans import Plan, run_async
 from hbm_client._requests import FitOptions, Prior, Sampler
 from hbm_client._retry import RetryPolicy
@@ -46,6 +47,8 @@ class AsyncClient:
     ) -> None:
         self._core = Core(base_url, api_key, RetryPolicy(max_retries=max_retries))
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        #: The key's named models (promote, get, list, rollback, predict, delete), awaited.
+        self.models = AsyncModels(self)
 
     async def _run[T](self, plan: Plan[T]) -> T:
         return await run_async(plan, self._http)

@@ -20,6 +20,7 @@ from hbm_client._models import (
     Predictions,
     Summary,
 )
+from hbm_client._named import Models
 from hbm_client._plans import Plan, run_sync
 from hbm_client._requests import FitOptions, Prior, Sampler
 from hbm_client._retry import RetryPolicy
@@ -47,6 +48,8 @@ class Client:
     ) -> None:
         self._core = Core(base_url, api_key, RetryPolicy(max_retries=max_retries))
         self._http = httpx.Client(timeout=timeout, transport=transport)
+        #: The key's named models (promote, get, list, rollback, predict, delete).
+        self.models = Models(self)
 
     def _run[T](self, plan: Plan[T]) -> T:
         return run_sync(plan, self._http)

@@ -21,6 +21,9 @@ from hbm_client._models import (
     FitResource,
     GroupEffects,
     Loo,
+    ModelPredictions,
+    ModelSummary,
+    NamedModel,
     Ppc,
     Predictions,
     Summary,
@@ -246,9 +249,45 @@ class Core:
         """``POST /v1/comparisons`` (changes nothing: safe to retry)."""
         return self.call(Comparison, "POST", "/v1/comparisons", body={"fit_ids": list(fit_ids)})
 
-    # Named models (PUT/GET /v1/models/{name}, POST /v1/models/{name}/predictions, rollback)
-    # are being added to the service: their plans go here, and ``Client.models`` /
-    # ``AsyncClient.models`` will run them.
+    # --------------------------------------------------------------------- named models
+    # ``Client.models`` and ``AsyncClient.models`` (``_named``) run these.
+
+    def promote(self, name: str, fit_id: str, force: bool, note: str | None) -> Plan[NamedModel]:
+        """``PUT /v1/models/{name}``: the fit as the model's next version (idempotent: the
+        current fit again changes nothing, so a retry is safe)."""
+        body: dict[str, Any] = {"fit_id": fit_id, "force": force}
+        if note is not None:
+            body["note"] = note
+        return self.call(NamedModel, "PUT", _model_path(name), body=body)
+
+    def get_model(self, name: str) -> Plan[NamedModel]:
+        """``GET /v1/models/{name}``."""
+        return self.call(NamedModel, "GET", _model_path(name))
+
+    def list_models(self, offset: int, limit: int) -> Plan[list[ModelSummary]]:
+        """``GET /v1/models``: the key's models, by name."""
+        params = {"offset": offset, "limit": limit}
+        response = yield from self.send(self.request("GET", "/v1/models", params=params))
+        return [ModelSummary.model_validate(item) for item in _success(response).json()]
+
+    def rollback(self, name: str, to_version: int | None) -> Plan[NamedModel]:
+        """``POST /v1/models/{name}/rollback``. Not idempotent (each one moves back a
+        version): a connection error is raised, not retried."""
+        body = {} if to_version is None else {"to_version": to_version}
+        request = self.request("POST", f"{_model_path(name)}/rollback", body=body)
+        response = yield from self.send(request, idempotent=False)
+        return NamedModel.model_validate_json(_success(response).content)
+
+    def predict_model(self, name: str, data: Any, **options: Any) -> Plan[ModelPredictions]:
+        """``POST /v1/models/{name}/predictions`` (changes nothing: safe to retry)."""
+        body = {"data": table(data)} | {k: v for k, v in options.items() if v is not None}
+        path = f"{_model_path(name)}/predictions"
+        return self.call(ModelPredictions, "POST", path, body=body)
+
+    def delete_model(self, name: str) -> Plan[None]:
+        """``DELETE /v1/models/{name}`` (its fits stay)."""
+        response = yield from self.send(self.request("DELETE", _model_path(name)))
+        _success(response)
 
 
 def _success(response: httpx.Response) -> httpx.Response:
@@ -260,6 +299,10 @@ def _success(response: httpx.Response) -> httpx.Response:
 
 def _fit_path(fit_id: str) -> str:
     return f"/v1/fits/{_segment(fit_id)}"
+
+
+def _model_path(name: str) -> str:
+    return f"/v1/models/{_segment(name)}"
 
 
 def _segment(value: str) -> str:

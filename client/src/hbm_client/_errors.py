@@ -5,7 +5,8 @@
     HbmError                  base: ``status``, ``title``, ``detail``, ``errors``, ``retry_after``
     ├── Unauthorized    401   no API key, or one the service does not know
     ├── NotFound        404   no such fit (or factor), or another key's fit
-    ├── NotReady        409   results asked for before the fit has succeeded (alias ``Conflict``)
+    ├── NotReady        409   results asked for before the fit has succeeded (alias ``Conflict``),
+    │                         or a named model's change its state refuses
     ├── InvalidRequest  422   refused; ``errors`` names each field and its problem
     ├── RateLimited     429   over a quota (raised once the retries are spent)
     ├── Unavailable     503   the service is not ready (raised once the retries are spent)
@@ -70,7 +71,9 @@ class NotFound(HbmError):
 
 
 class NotReady(HbmError):
-    """409: the fit has not succeeded (yet), so it has no results."""
+    """409: the fit has not succeeded (yet), so it has no results; or (as ``Conflict``) a
+    named model refused a change: a failing verdict without force, nothing to roll back
+    to, a fit a model uses."""
 
 
 Conflict = NotReady

@@ -349,6 +349,75 @@ class Ppc(Answer):
         )
 
 
+# ---------------------------------------------------------------------------- named models
+
+
+class ModelVersion(Answer):
+    """One version of a named model: the fit it serves and how it was promoted."""
+
+    version: int
+    fit_id: str
+    formula: str
+    family: str
+    verdict: str | None = None
+    forced: bool = False
+    note: str | None = None
+    promoted_by: str
+    promoted_at: datetime
+
+
+class ModelEvent(Answer):
+    """One change of a named model's current version: ``promote`` or ``rollback``."""
+
+    action: str
+    version: int
+    fit_id: str
+    from_version: int | None = None
+    forced: bool = False
+    note: str | None = None
+    by: str
+    at: datetime
+
+
+class ModelSummary(Answer):
+    """A named model as ``GET /v1/models`` lists it."""
+
+    name: str
+    version: int
+    fit_id: str
+    formula: str
+    family: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class NamedModel(ModelSummary):
+    """A named model: its current version and fit, every version, and its history."""
+
+    versions: list[ModelVersion] = Field(default_factory=list)
+    history: list[ModelEvent] = Field(default_factory=list)
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def current(self) -> ModelVersion:
+        """The version being served."""
+        return next(v for v in self.versions if v.version == self.version)
+
+
+class ModelRef(Answer):
+    """Which named model, version and fit answered."""
+
+    name: str
+    version: int
+    fit_id: str
+
+
+class ModelPredictions(Predictions):
+    """Predictions of a named model, with the version and fit that gave them."""
+
+    model: ModelRef
+
+
 def _flat(prefix: str, estimate: Estimate | None) -> dict[str, float | None]:
     """An estimate's mean, sd, lower and upper as ``<prefix>_mean``... (None if absent)."""
     return {

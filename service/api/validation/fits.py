@@ -25,11 +25,14 @@ from service.core.formula import FormulaInfo, check_names
 from service.core.group_blocks import blocks_of
 from service.core.schemas import FitRequest, FitSpec, PriorSpec, Scalar
 from service.core.settings import Settings
+from service.core.webhooks import RefusedTarget, check_url
 
 
 def validate_fit_request(request: FitRequest, settings: Settings) -> tuple[FitSpec, FormulaInfo]:
     """Check a fit request completely and return the normalised spec the worker will run."""
     check_request_text(request)
+    if request.notify_url is not None:
+        _check_notify_url(request.notify_url, settings)
     fam = family(request.family)
     link = check_link(fam, request.link)
     columns = to_columns(request.data, max_rows=settings.max_rows, max_columns=settings.max_columns)
@@ -117,6 +120,15 @@ def _check_correlation_priors(priors: Mapping[str, PriorSpec], keys: Collection[
             )
         if not (eta is not None and eta > 0):
             raise InvalidRequest.one(f"priors.{name}.eta", "must be greater than 0")
+
+
+def _check_notify_url(url: str, settings: Settings) -> None:
+    """The URL may be notified (``service.core.webhooks``; names are resolved only when a
+    notification is sent)."""
+    try:
+        check_url(url, settings)
+    except RefusedTarget as exc:
+        raise InvalidRequest.one("notify_url", str(exc)) from exc
 
 
 def _complete_rows(columns: Mapping[str, Sequence[Scalar]], used: Collection[str]) -> list[int]:
