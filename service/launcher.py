@@ -235,13 +235,18 @@ def wait_for_redis(url: str, timeout_s: float = 15.0) -> None:
 def service_children(env: Mapping[str, str], python: str = sys.executable) -> list[Child]:
     """The fit worker, the interactive worker and the API (on 127.0.0.1 unless HOST is set)."""
     api_env = dict(env)
-    if not api_env.get("HOST"):
+    if not api_host(api_env):
         api_env["HOST"] = "127.0.0.1"
     return [
         Child("fit worker", [python, "-m", "worker", "fits"], dict(env)),
         Child("interactive worker", [python, "-m", "worker", "interactive"], dict(env)),
         Child("API", [python, "-m", "service"], api_env),
     ]
+
+
+def api_host(env: Mapping[str, str]) -> str:
+    """The API's interface as its settings read it (``HBM_HOST``, else ``HOST``)."""
+    return env.get("HBM_HOST") or env.get("HOST") or ""
 
 
 def api_port(env: Mapping[str, str]) -> str:
@@ -251,7 +256,7 @@ def api_port(env: Mapping[str, str]) -> str:
 
 def api_notice(env: Mapping[str, str]) -> str:
     """Where the API listens, and how to expose it."""
-    host = env["HOST"]
+    host = api_host(env)
     url = f"http://{host}:{api_port(env)}"
     if host in ("127.0.0.1", "localhost", "::1"):
         return (
@@ -310,7 +315,7 @@ def main() -> None:
     children += service_children(env)
     api_env = children[-1].env or {}
     say(api_notice(api_env))
-    host = api_env.get("HOST", "127.0.0.1")
+    host = api_host(api_env)
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     say_when_ready(f"http://{host}:{api_port(api_env)}")
     raise SystemExit(Supervisor(children).run())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from redis import Redis
 
 from service.api.dispatch import Dispatcher
+from service.api.specs import SpecCache
 from service.core.artifacts import Artifacts
 from service.core.errors import NotFound, NotReady
 from service.core.jobs import JobStore, is_fit_id
@@ -25,6 +26,10 @@ class Services:
     store: JobStore
     artifacts: Artifacts
     dispatcher: Dispatcher
+    specs: SpecCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.specs = SpecCache(self.artifacts)
 
     @classmethod
     def create(cls, settings: Settings) -> Services:

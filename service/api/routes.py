@@ -613,7 +613,7 @@ def predict_call(caller: Caller, fit_id: str, request: PredictionRequest) -> Pre
     """The call predicting ``request``'s rows with the caller's succeeded fit, the rows
     checked against that fit's spec (also used by a named model's predictions)."""
     record = caller.succeeded(fit_id)
-    spec = caller.services.artifacts.read_spec(fit_id)
+    spec = caller.services.specs.get(fit_id, record.created_at.isoformat())
     columns = validate_prediction_data(request.data, spec, caller.settings)
     count_call(caller)
     data = request.data
@@ -632,7 +632,8 @@ def _compare_call(caller: Caller, request: ComparisonRequest) -> CompareCall:
         raise InvalidRequest.one("fit_ids", "lists a fit more than once")
     records = {fit_id: caller.succeeded(fit_id) for fit_id in request.fit_ids}
     artifacts = caller.services.artifacts
-    check_comparable({fit_id: artifacts.read_spec(fit_id) for fit_id in records})
+    specs = caller.services.specs
+    check_comparable({i: specs.get(i, r.created_at.isoformat()) for i, r in records.items()})
     check_comparison_cost(
         {
             fit_id: r.n_obs * r.sampler.draws * r.sampler.chains

@@ -220,6 +220,17 @@ def test_a_host_set_in_the_environment_is_kept_for_the_api() -> None:
     assert "no API key asked" in api_notice(api.env)
 
 
+def test_hbm_host_counts_as_the_settings_read_it() -> None:
+    """The settings prefer HBM_HOST to HOST: the launcher neither binds the API elsewhere
+    nor says another address than the API listens on."""
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "HBM_HOST": "0.0.0.0", "HBM_PORT": "8125"}
+
+    api = service_children(env)[-1]
+
+    assert api.env is not None and "HOST" not in api.env
+    assert "http://0.0.0.0:8125" in api_notice(api.env)
+
+
 class Readiness(http.server.BaseHTTPRequestHandler):
     """``/v1/readyz`` answering 503 (workers still warming up) ``not_ready`` times, then 200."""
 
