@@ -21,6 +21,9 @@ Nothing here patches anything when imported: callers apply a patch where they ne
   with empty namespaces, only Bambi's namespace and ours resolve a formula's calls.
 - ``compile_without_fast_math()`` (pytensor): PyTensor's numba backend compiles with
   fast-math unless told not to; seeded fits must draw the same bits in every process.
+- ``new_free_variable(dist, name)`` (pymc): a free variable added to a model's graph by the
+  rewrites of ``correlated`` and ``rstanarm_priors``, sampled on the unconstrained space
+  of PyMC's default transform for its distribution (``_default_transform``, private).
 - ``clean_results(model, trace)`` (bambi): Bambi's own post-processing of a trace, as
   ``Model.fit`` applies it (among others, it turns the intercept of centred predictors back
   into the intercept of the model as written): a private method of its backend.
@@ -43,6 +46,7 @@ WRITTEN_FOR = {
     "bambi": "0.21",
     "nutpie": "0.16",
     "pytensor": "3.3",
+    "pymc": "6.4",
 }
 
 
@@ -133,6 +137,19 @@ def compile_without_fast_math() -> None:
 
 
 # --------------------------------------------------------------------------------- bambi
+
+
+def new_free_variable(dist: Any, name: str) -> Any:
+    """A free variable of ``dist`` named ``name`` for a model's function graph (PyMC's
+    ``model_free_rv``), its value on the unconstrained space of the default transform."""
+    from pymc.distributions.transforms import _default_transform
+    from pymc.model.fgraph import model_free_rv
+
+    dist.name = name
+    transform = _default_transform(dist.owner.op, dist)
+    unconstrained = transform.forward(dist, *dist.owner.inputs)
+    value = unconstrained.type(name=f"{name}_{transform.name}__")
+    return model_free_rv(dist, value, transform, name)
 
 
 def clean_results(model: Any, trace: Any) -> Any:

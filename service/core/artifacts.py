@@ -174,7 +174,7 @@ class Artifacts:
             try:
                 self.storage.put(self._key(fit_id, SPEC_FILE), payload)
             except StorageError as exc:
-                reason = exc.detail.rsplit(": ", 1)[-1]
+                reason = "the disk is full" if exc.full else "the storage failed"
                 raise StorageError(
                     f"the request could not be stored: {reason}", full=exc.full
                 ) from exc

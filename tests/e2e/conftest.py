@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,20 @@ def fit_seed_study(
     fit = wait_for_fit(client, response.headers["location"])
     assert fit["status"] == "succeeded", fit
     return fit
+
+
+@contextmanager
+def unfinished_fit(client: httpx.Client, records: list[dict[str, Any]], seed: int) -> Iterator[str]:
+    """The location of a seed-study fit long enough to be still queued or running for the
+    block, cancelled after it."""
+    body = {
+        "data": records,
+        "formula": "score ~ (1 | school)",
+        "sampler": {"draws": 5000, "tune": 5000, "chains": 2, "seed": seed},
+    }
+    location = str(client.post("/v1/fits", json=body).headers["location"])
+    try:
+        yield location
+        assert client.get(location).json()["status"] in ("queued", "running")
+    finally:
+        client.delete(location)

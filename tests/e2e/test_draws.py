@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import xarray as xr
 
-from tests.e2e.conftest import fit_seed_study
+from tests.e2e.conftest import fit_seed_study, unfinished_fit
 
 pytestmark = pytest.mark.e2e
 
@@ -167,19 +167,10 @@ def test_a_stored_file_is_served_again_and_a_client_that_has_it_gets_304(
 def test_a_fit_that_has_not_finished_has_no_draws(
     client: httpx.Client, seed_records: list[dict[str, Any]]
 ) -> None:
-    body = {
-        "data": seed_records,
-        "formula": "score ~ (1 | school)",
-        "sampler": {"draws": 5000, "tune": 5000, "chains": 2, "seed": 13},
-    }
-    location = client.post("/v1/fits", json=body).headers["location"]
-    try:
+    with unfinished_fit(client, seed_records, seed=13) as location:
         response = client.get(f"{location}/draws", params={"format": "csv"})
         assert response.status_code == 409, response.text
         assert response.headers["content-type"] == "application/problem+json"
-        assert client.get(location).json()["status"] in ("queued", "running")
-    finally:
-        client.delete(location)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from service.core.schemas import PlotKind
-from tests.e2e.conftest import fit_seed_study
+from tests.e2e.conftest import fit_seed_study, unfinished_fit
 
 pytestmark = pytest.mark.e2e
 
@@ -100,19 +100,10 @@ def test_choices_shape_the_picture_and_name_another_file(client: httpx.Client, f
 def test_a_fit_that_has_not_finished_has_no_plots(
     client: httpx.Client, seed_records: list[dict[str, Any]]
 ) -> None:
-    body = {
-        "data": seed_records,
-        "formula": "score ~ (1 | school)",
-        "sampler": {"draws": 5000, "tune": 5000, "chains": 2, "seed": 17},
-    }
-    location = client.post("/v1/fits", json=body).headers["location"]
-    try:
+    with unfinished_fit(client, seed_records, seed=17) as location:
         response = client.get(f"{location}/plots/trace")
         assert response.status_code == 409, response.text
         assert response.headers["content-type"] == "application/problem+json"
-        assert client.get(location).json()["status"] in ("queued", "running")
-    finally:
-        client.delete(location)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import wait_for_fit
-from tests.support.reference import compare, fitted_estimates, load
+from tests.support.reference import assert_reproduced, compare, fitted_estimates, load
 
 pytestmark = pytest.mark.e2e
 
@@ -122,16 +122,7 @@ def test_reference_posterior_is_reproduced(client: httpx.Client, name: str) -> N
     fit = wait_for_fit(client, location, timeout_s=900)
     assert fit["status"] == "succeeded", fit["error"]
 
-    rows = compare(fitted_estimates(client, location), reference)
-    assert len(rows) == len(reference)
-    worst_z = max(rows, key=lambda r: r.z)
-    worst_ratio = max(rows, key=lambda r: abs(r.ratio - 1))
-    print(
-        f"{name}: max z {worst_z.z:.3f} ({worst_z.name}), sd ratios "
-        f"{min(r.ratio for r in rows):.3f}-{max(r.ratio for r in rows):.3f}"
-    )
-    assert all(row.agrees() for row in rows), [row for row in rows if not row.agrees()]
-    assert abs(worst_ratio.ratio - 1) <= 0.15, worst_ratio
+    assert_reproduced(name, compare(fitted_estimates(client, location), reference), reference)
 
     # the priors that were sent are the priors that were used
     used = {p["term"]: p for p in client.get(f"{location}/priors").json()["priors"]}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import wait_for_fit
-from tests.support.reference import FOLDER, compare, fitted_estimates, load
+from tests.support.reference import FOLDER, assert_reproduced, compare, fitted_estimates, load
 
 pytestmark = pytest.mark.e2e
 
@@ -77,16 +77,7 @@ def test_rstanarm_defaults_give_rstanarms_posterior(client: httpx.Client, name: 
     assert group_sds, used
 
     _, reference = load(name)
-    rows = compare(fitted_estimates(client, location), reference)
-    assert len(rows) == len(reference)
-    worst_z = max(rows, key=lambda r: r.z)
-    worst_ratio = max(rows, key=lambda r: abs(r.ratio - 1))
-    print(
-        f"{name}: max z {worst_z.z:.3f} ({worst_z.name}), sd ratios "
-        f"{min(r.ratio for r in rows):.3f}-{max(r.ratio for r in rows):.3f}"
-    )
-    assert all(row.agrees() for row in rows), [row for row in rows if not row.agrees()]
-    assert abs(worst_ratio.ratio - 1) <= 0.15, worst_ratio
+    assert_reproduced(name, compare(fitted_estimates(client, location), reference), reference)
 
 
 def test_rstanarm_defaults_are_refused_where_rstanarm_has_none(client: httpx.Client) -> None:

@@ -96,3 +96,19 @@ def compare(estimates: dict[str, dict[str, float]], reference: dict[str, Any]) -
             )
         )
     return rows
+
+
+def assert_reproduced(
+    name: str, rows: list[Comparison], reference: dict[str, Any], sd_tolerance: float = 0.15
+) -> None:
+    """Every reference parameter compared, every mean agreeing (``Comparison.agrees``) and
+    every sd within ``sd_tolerance``; prints the worst figures."""
+    assert len(rows) == len(reference)
+    worst_z = max(rows, key=lambda r: r.z)
+    worst_ratio = max(rows, key=lambda r: abs(r.ratio - 1))
+    print(
+        f"{name}: max z {worst_z.z:.3f} ({worst_z.name}), sd ratios "
+        f"{min(r.ratio for r in rows):.3f}-{max(r.ratio for r in rows):.3f}"
+    )
+    assert all(row.agrees() for row in rows), [row for row in rows if not row.agrees()]
+    assert abs(worst_ratio.ratio - 1) <= sd_tolerance, worst_ratio

@@ -91,3 +91,16 @@ def test_pytensor_compiles_without_fast_math_once_asked() -> None:
         assert config.numba__fastmath is False
     finally:
         config.numba__fastmath = before
+
+
+def test_pymc_still_gives_a_new_free_variable_its_default_transform() -> None:
+    import pymc as pm
+
+    lkj = patches.new_free_variable(pm.LKJCorr.dist(n=2, eta=1.0), "corr_chol")
+    tau = patches.new_free_variable(pm.Gamma.dist(alpha=1.0, beta=1.0), "tau")
+    # each is sampled on the unconstrained space its distribution's transform gives
+    assert [v.owner.inputs[1].name for v in (lkj, tau)] == [
+        "corr_chol_cholesky_corr__",
+        "tau_log__",
+    ]
+    assert [v.name for v in (lkj, tau)] == ["corr_chol", "tau"]

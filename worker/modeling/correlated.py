@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from pymc.distributions.transforms import _default_transform
 from pymc.model.fgraph import (
     ModelDeterministic,
     ModelFreeRV,
@@ -63,6 +62,7 @@ from pytensor.tensor.random.basic import NormalRV
 
 from service.core.group_blocks import Block, blocks_of
 from worker.modeling.sufficient_statistics import evaluate
+from worker.patches import new_free_variable
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,7 @@ def _rewrite(graph: FunctionGraph, block: Block, eta: float, centre: bool) -> st
         return read
     effects, offsets, sds = read
     k = len(block.terms)
-    lkj = pm.LKJCorr.dist(n=k, eta=float(eta))
-    lkj.name = block.chol_name
-    transform = _default_transform(lkj.owner.op, lkj)
-    # The value variable lives where the sampler moves: the unconstrained space.
-    unconstrained = transform.forward(lkj, *lkj.owner.inputs)
-    value = unconstrained.type(name=f"{block.chol_name}_{transform.name}__")
-    chol = model_free_rv(lkj, value, transform, block.chol_name)
+    chol = new_free_variable(pm.LKJCorr.dist(n=k, eta=float(eta)), block.chol_name)
     scale = pt.stack(sds)  # (k,)
     if offsets is not None:
         z = pt.stack(offsets, axis=1)  # (levels, k)

@@ -36,15 +36,15 @@ import bambi as bmb
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
-from pymc.distributions.transforms import _default_transform
 from pymc.model.fgraph import (
     ModelFreeRV,
     fgraph_from_model,
     model_deterministic,
-    model_free_rv,
     model_from_fgraph,
 )
 from pytensor.graph.fg import FunctionGraph
+
+from worker.patches import new_free_variable
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +155,6 @@ def decov(model: pm.Model, blocks: list[DecovBlock]) -> tuple[pm.Model, list[Dec
     return model_from_fgraph(graph, mutate_fgraph=True), done
 
 
-def _free(graph: FunctionGraph, dist: Any, name: str) -> Any:
-    """A new free variable of ``dist`` named ``name``, sampled on the unconstrained space."""
-    dist.name = name
-    transform = _default_transform(dist.owner.op, dist)
-    unconstrained = transform.forward(dist, *dist.owner.inputs)
-    value = unconstrained.type(name=f"{name}_{transform.name}__")
-    return model_free_rv(dist, value, transform, name)
-
-
 def _rewrite(graph: FunctionGraph, block: DecovBlock, nodes: Mapping[str, Any]) -> str | None:
     """Rewrite one block's SDs in ``graph``; None when done, else why it was left."""
     sds = [nodes.get(f"{term}_sigma") for term in block.terms]
@@ -175,12 +166,12 @@ def _rewrite(graph: FunctionGraph, block: DecovBlock, nodes: Mapping[str, Any]) 
         if sigma is None or sigma.outputs[0].type.ndim != 0:
             return "the model has no scalar sigma to scale them by"
         dispersion = sigma.outputs[0]
-    tau = _free(graph, pm.Gamma.dist(alpha=1.0, beta=1.0), block.tau_name)
+    tau = new_free_variable(pm.Gamma.dist(alpha=1.0, beta=1.0), block.tau_name)
     p = len(block.terms)
     if p == 1:
         shares: Any = pt.ones(1)
     else:
-        simplex = _free(graph, pm.Dirichlet.dist(a=np.ones(p)), block.simplex_name)
+        simplex = new_free_variable(pm.Dirichlet.dist(a=np.ones(p)), block.simplex_name)
         shares = p * simplex
     for k, sd in enumerate(sds):
         assert sd is not None
